@@ -1,0 +1,89 @@
+"""Reading JSON records from files and directories, with errors that say where.
+
+A path is a `.json` file (one record, or a list of records), a `.jsonl` file (one record per line)
+or a directory (every `.json`/`.jsonl` below it, in natural order so `2.json` comes before
+`10.json`). Bad files and bad lines become `TraceError`s in the stream; the rest is still read.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from data_gen.trace import TraceError
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+RECORD_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    source: str  # the file it came from
+    record: int | None  # line number in a .jsonl file, position in a list, None for a lone record
+    data: Any
+
+
+def natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def record_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix in RECORD_SUFFIXES
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        return sorted(files, key=natural_key)
+    return [path]
+
+
+def decode_utf8(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise TraceError(f"not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} "
+                         f"(line {line})", source) from None
+
+
+def _json(text: str, source: str, record: int | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", source,
+                         record) from None
+
+
+def iter_records(path: str | Path, max_file_bytes: int = MAX_FILE_BYTES
+                 ) -> Iterator[RawRecord | TraceError]:
+    path = Path(path)
+    if not path.exists():
+        yield TraceError("no such file or directory", str(path))
+        return
+    for f in record_files(path):
+        source = str(f)
+        try:
+            size = f.stat().st_size
+            if size > max_file_bytes:
+                raise TraceError(f"file of {size:,} bytes exceeds the limit of {max_file_bytes:,}",
+                                 source)
+            text = decode_utf8(f.read_bytes(), source)
+            if f.suffix == ".jsonl":
+                for n, line in enumerate(text.splitlines(), start=1):
+                    if line.strip():
+                        try:
+                            yield RawRecord(source, n, _json(line, source, n))
+                        except TraceError as e:
+                            yield e
+                continue
+            data = _json(text, source, None)
+        except TraceError as e:
+            yield e
+            continue
+        except OSError as e:
+            yield TraceError(f"cannot read: {e.strerror}", source)
+            continue
+        if isinstance(data, list):
+            yield from (RawRecord(source, i, d) for i, d in enumerate(data))
+        else:
+            yield RawRecord(source, None, data)

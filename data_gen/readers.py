@@ -1,0 +1,278 @@
+"""Readers of the formats seen in the field, converting losslessly into the native trace, and
+writers back to the Who&When format.
+
+Formats (docs/readers.md has the details and the inference rules):
+- `native`: `astra.trace/v1` records.
+- `whowhen-algorithm`: Who&When algorithm-generated; `history` items `{content, role, name}`.
+- `whowhen-handcrafted`: Who&When hand-crafted (Magentic-One); items carry only `role`, such as
+  `Orchestrator (-> WebSurfer)`; the agent is the part before ` (`.
+- `tracertraj`: TracerTraj (MetaGPT teams); items `{content, name, role, step}`.
+
+Who&When labels: `mistake_agent`, `mistake_step` (a 0-based index into `history`, stored as a
+string), `mistake_reason`. Everything a reader does not map stays in `Trace.extra`/`Step.extra`, so
+`to_whowhen(read(record)) == record`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records
+from data_gen.trace import (MAX_CONTENT_CHARS, AgentSpec, Label, Outcome, Step, System, Task, Trace,
+                            TraceError, _need, check_content, check_trace, trace_from_dict)
+
+FORMATS = ("native", "whowhen-algorithm", "whowhen-handcrafted", "tracertraj")
+_LABEL_KEYS = ("mistake_agent", "mistake_step", "mistake_reason")
+_MAPPED_KEYS = {"history", "question", "ground_truth", "groundtruth", "system_prompt", *_LABEL_KEYS}
+_ROLE_RE = re.compile(r"^(?P<agent>.+?) \((?P<note>.*)\)$")
+
+
+def detect_format(d: Any) -> str:
+    if not isinstance(d, dict):
+        raise TraceError(f"expected a JSON object, got {type(d).__name__}")
+    if isinstance(d.get("schema"), str) and d["schema"].startswith("astra.trace/"):
+        return "native"
+    history = d.get("history")
+    if history is None:
+        raise TraceError("unknown format: neither 'schema' (native) nor 'history' (Who&When, "
+                         "TracerTraj) is present", field="history")
+    if not isinstance(history, list):
+        raise TraceError(f"expected list, got {type(history).__name__}", field="history")
+    if not history:
+        raise TraceError("the log has no steps", field="history")
+    items = [h for h in history if isinstance(h, dict)]
+    if items and all("name" in h and "step" in h for h in items):
+        return "tracertraj"
+    if items and all("name" in h for h in items):
+        return "whowhen-algorithm"
+    if items and all("role" in h and "name" not in h for h in items):
+        return "whowhen-handcrafted"
+    first_bad = next((i for i, h in enumerate(history) if not isinstance(h, dict)), None)
+    if first_bad is not None:
+        raise TraceError(f"expected an object, got {type(history[first_bad]).__name__}",
+                         field=f"history[{first_bad}]")
+    raise TraceError("history items mix styles: every item needs 'name' (algorithm-generated, "
+                     "TracerTraj) or every item only 'role' (hand-crafted)", field="history")
+
+
+def parse_role(role: str) -> tuple[str, str | None, str | None]:
+    """`Orchestrator (-> WebSurfer)` → (Orchestrator, message, WebSurfer);
+    `Orchestrator (thought)` → (Orchestrator, thought, None); `WebSurfer` → (WebSurfer, None, None)."""
+    m = _ROLE_RE.match(role.strip())
+    if not m:
+        return role.strip(), None, None
+    agent, note = m["agent"].strip(), m["note"].strip()
+    if note.startswith("->"):
+        return agent, "message", note[2:].strip() or None
+    if note == "thought":
+        return agent, "thought", None
+    return agent, None, None
+
+
+def _whowhen_steps(history: list, fmt: str, max_chars: int) -> list[Step]:
+    steps = []
+    for i, item in enumerate(history):
+        p = f"history[{i}]."
+        if not isinstance(item, dict):
+            raise TraceError(f"expected an object, got {type(item).__name__}", field=p[:-1])
+        content = check_content(_need(item, "content", str, p), p + "content", max_chars)
+        rest = {k: v for k, v in item.items() if k not in ("content", "name", "role")}
+        if fmt == "whowhen-handcrafted":
+            role = _need(item, "role", str, p)
+            agent, kind, to = parse_role(role)
+        else:
+            agent = _need(item, "name", str, p)
+            role = _need(item, "role", str, p, optional=True)
+            kind, to = None, None
+        if not agent.strip():
+            raise TraceError("empty agent name", field=p + ("role" if fmt.endswith("crafted")
+                                                             else "name"))
+        steps.append(Step(index=i, agent=agent, content=content, kind=kind, to=to, role=role,
+                          extra=rest))
+    return steps
+
+
+def _label(d: dict) -> Label | None:
+    if "mistake_agent" not in d and "mistake_step" not in d:
+        return None
+    agent = _need(d, "mistake_agent", str, "")
+    raw = _need(d, "mistake_step", (str, int), "")
+    try:
+        step = int(raw)
+    except ValueError:
+        raise TraceError(f"{raw!r} is not a step index", field="mistake_step") from None
+    return Label(agent=agent.strip(), step=step, mode=None,
+                 reason=_need(d, "mistake_reason", str, "", optional=True))
+
+
+def from_whowhen(d: dict, fmt: str, max_chars: int = MAX_CONTENT_CHARS) -> Trace:
+    steps = _whowhen_steps(_need(d, "history", list, ""), fmt, max_chars)
+    gt_key = "groundtruth" if "groundtruth" in d and "ground_truth" not in d else "ground_truth"
+    prompts = _need(d, "system_prompt", dict, "", optional=True)
+    agents = [AgentSpec(name=k, prompt=v if isinstance(v, str) else json.dumps(v))
+              for k, v in (prompts or {}).items()]
+    known = {a.name for a in agents}
+    agents += [AgentSpec(name=a) for a in dict.fromkeys(s.agent for s in steps) if a not in known]
+    label = _label(d)
+    extra = {k: v for k, v in d.items() if k not in _MAPPED_KEYS}
+    is_correct = extra.get("is_correct")
+    trace = Trace(
+        trace_id="unnamed",  # read_record names it after its file
+        task=Task(question=_need(d, "question", str, "", optional=True) or "",
+                  ground_truth=_gt(d.get(gt_key))),
+        steps=tuple(steps),
+        system=System(framework={"whowhen-handcrafted": "magentic-one",
+                                 "tracertraj": "metagpt"}.get(fmt, "autogen-captainagent"),
+                      agents=tuple(agents)),
+        outcome=Outcome(success=is_correct if isinstance(is_correct, bool) else None),
+        label=label,
+        source={k: v for k, v in {
+            "format": fmt, "ground_truth_key": gt_key if gt_key in d else None,
+            "step_type": type(d["mistake_step"]).__name__ if label else None,
+            "system_prompt": prompts is not None,
+            "ground_truth_raw": d.get(gt_key) if not isinstance(d.get(gt_key), str) else None,
+        }.items() if v is not None},
+        extra=extra,
+    )
+    return trace
+
+
+def _gt(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Trace, list[str]]:
+    """Convert one raw record; returns the trace and its warnings, raises a located TraceError."""
+    try:
+        fmt = detect_format(raw.data)
+        if fmt == "native":
+            trace = trace_from_dict(raw.data, max_chars)
+        else:
+            trace = from_whowhen(raw.data, fmt, max_chars)
+            stem = Path(raw.source).stem
+            tid = stem if raw.record is None else f"{stem}:{raw.record}"
+            trace = _replace(trace, trace_id=tid)
+        warnings = check_trace(trace)
+    except TraceError as e:
+        raise e.located(raw.source, raw.record) from None
+    src = dict(trace.source, path=raw.source)
+    if raw.record is not None:
+        src["record"] = raw.record
+    return _replace(trace, source=src), warnings
+
+
+def _replace(trace: Trace, **kw) -> Trace:
+    return dataclasses.replace(trace, **kw)
+
+
+@dataclass
+class LoadReport:
+    traces: list[Trace] = field(default_factory=list)
+    errors: list[TraceError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def iter_traces(path: str | Path, max_chars: int = MAX_CONTENT_CHARS,
+                max_file_bytes: int = MAX_FILE_BYTES
+                ) -> Iterator[tuple[Trace, list[str]] | TraceError]:
+    """Every record under `path`, read; bad records come out as TraceError and reading goes on."""
+    for raw in iter_records(path, max_file_bytes):
+        if isinstance(raw, TraceError):
+            yield raw
+            continue
+        try:
+            yield read_record(raw, max_chars)
+        except TraceError as e:
+            yield e
+
+
+def load_traces(paths: str | Path | Iterable[str | Path], **kw) -> LoadReport:
+    report = LoadReport()
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        for item in iter_traces(path, **kw):
+            if isinstance(item, TraceError):
+                report.errors.append(item)
+            else:
+                trace, warnings = item
+                report.traces.append(trace)
+                where = trace.source.get("path", trace.trace_id)
+                report.warnings += [f"{where}: {w}" for w in warnings]
+    return report
+
+
+# --- writers --------------------------------------------------------------------------------
+
+def to_whowhen(trace: Trace, style: str | None = None) -> dict[str, Any]:
+    """The Who&When record of a trace. `style` is `algorithm` (items with `name`) or
+    `handcrafted` (items with a `role` string only); by default the style it was read in."""
+    fmt = trace.source.get("format")
+    style = style or ("handcrafted" if fmt == "whowhen-handcrafted" else "algorithm")
+    history = []
+    for s in trace.steps:
+        item: dict[str, Any] = {"content": s.content}
+        if style == "handcrafted":
+            item["role"] = s.role if fmt == "whowhen-handcrafted" and s.role else _role_of(s)
+        else:
+            item["name"] = s.agent
+            if s.role is not None or fmt in (None, "native"):
+                item["role"] = s.role or "assistant"
+        item.update(s.extra)
+        history.append(item)
+    out: dict[str, Any] = dict(trace.extra) if fmt and fmt != "native" else {
+        "is_correct": trace.outcome.success if trace.outcome.success is not None else False,
+        "question_ID": trace.trace_id}
+    out["question"] = trace.task.question
+    gt_key = trace.source.get("ground_truth_key")
+    if gt_key is None and fmt in (None, "native") and trace.task.ground_truth is not None:
+        gt_key = "ground_truth"
+    if gt_key:
+        gt_raw = trace.source.get("ground_truth_raw")
+        out[gt_key] = gt_raw if gt_raw is not None else trace.task.ground_truth
+    out["history"] = history
+    if trace.label is not None:
+        step_type = trace.source.get("step_type", "str")
+        out["mistake_agent"] = trace.label.agent
+        out["mistake_step"] = trace.label.step if step_type == "int" else str(trace.label.step)
+        if trace.label.reason is not None:
+            out["mistake_reason"] = trace.label.reason
+    if trace.source.get("system_prompt", fmt == "native" or fmt is None):
+        prompts = {a.name: a.prompt for a in trace.system.agents if a.prompt is not None}
+        if prompts or trace.source.get("system_prompt"):
+            out["system_prompt"] = prompts
+    return out
+
+
+def _role_of(s: Step) -> str:
+    if s.kind == "thought":
+        return f"{s.agent} (thought)"
+    if s.to:
+        return f"{s.agent} (-> {s.to})"
+    return s.agent
+
+
+def write_traces(traces: Iterable[Trace], out: str | Path, fmt: str = "native",
+                 layout: str = "jsonl") -> int:
+    """Write traces as one JSONL file (`layout=jsonl`) or one JSON file per trace (`files`)."""
+    out = Path(out)
+    encode = (lambda t: t.to_dict()) if fmt == "native" else to_whowhen
+    n = 0
+    if layout == "jsonl":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            for t in traces:
+                f.write(json.dumps(encode(t), ensure_ascii=False) + "\n")
+                n += 1
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for t in traces:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", t.trace_id)
+            (out / f"{name}.json").write_text(json.dumps(encode(t), ensure_ascii=False, indent=1),
+                                              encoding="utf-8")
+            n += 1
+    return n
