@@ -1,0 +1,150 @@
+"""ASTRA-Gen: golden / fatal / healed triplets of the same task, deterministic for a seed.
+
+For each task seed: pick a topology, walk the tool graph, build the plan, draw a fault mode and an
+eligible step, execute. A fatal trace is kept only if its run fails, the run without the fault
+succeeds, and a replay finds a step whose correction makes it succeed; that earliest step is the
+label. The healed trace is the same run with a diligent verifier after the faulty step, kept only
+if it succeeds. Tasks that meet none of this are reported as rejected, never relabelled.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from data_gen.sim.engine import (Fault, Plan, Run, build_plan, decisive_step, draw_choices,
+                                 eligible_steps, execute)
+from data_gen.sim.render import TOPICS, render_step, show
+from data_gen.sim.teams import TEAMS, Team
+from data_gen.sim.tools import random_walk
+from data_gen.trace import (FAULT_MODES, VARIANTS, AgentSpec, Label, Outcome, Step, System, Task,
+                            ToolCall, Trace)
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    n_tasks: int = 100
+    seed: int = 0
+    topologies: tuple[str, ...] = tuple(TEAMS)
+    modes: tuple[str, ...] = FAULT_MODES
+    variants: tuple[str, ...] = VARIANTS
+    min_tools: int = 1
+    max_tools: int = 24
+    workers: int = 0  # 0: all cores
+
+
+@dataclass
+class TaskResult:
+    traces: list[Trace] = field(default_factory=list)
+    rejected: str | None = None
+
+
+def _reason(mode: str, agent: str, tool: str | None, step: int) -> str:
+    what = {
+        "parameter_error": f"called {tool} with an argument that does not match the earlier output",
+        "context_loss": f"forgot the earlier result and called {tool} with a stale value",
+        "logic_error": f"wrote faulty logic for {tool}, so its result is wrong",
+        "information_withholding": f"did not pass on the result of {tool}, so it had to be guessed",
+        "environment_failure": f"ignored the failure of {tool} and reported a made-up result",
+        "role_violation": f"answered {tool} itself instead of delegating it, asserting a wrong value",
+    }[mode]
+    return f"{agent} {what} at step {step}."
+
+
+def _trace(team: Team, plan: Plan, run: Run, fault: Fault | None, label: Label | None,
+           variant: str, trace_id: str, question: str, golden_final: int, seed: int) -> Trace:
+    rng = random.Random(seed * 7 + VARIANTS.index(variant))
+    steps = []
+    instruct_of = {a.call: i for i, a in enumerate(plan.actions) if a.op == "instruct"}
+    for i, a in enumerate(plan.actions):
+        content, tool = render_step(rng, team, plan, run, i, fault, question)
+        refs = {plan.producer[j] for j in a.inputs if plan.producer[j] >= 0}
+        if i in instruct_of:
+            refs.add(instruct_of[i])
+        if team.framework == "magentic-one":
+            role = f"{a.agent} (thought)" if a.kind == "thought" else (
+                f"{a.agent} (-> {a.to})" if a.to else a.agent)
+        else:
+            role = "user" if a.agent == team.env_agent else "assistant"
+        steps.append(Step(index=i, agent=a.agent, content=content, kind=a.kind, to=a.to, role=role,
+                          tool=ToolCall(tool["name"], tool.get("arguments", {}), tool["status"])
+                          if tool else None, refs=tuple(sorted(refs))))
+    final_kind = plan.actions[plan.producer[plan.actions[-1].inputs[0]]].tool.produces
+    return Trace(
+        trace_id=trace_id,
+        task=Task(question=question, ground_truth=show(final_kind, golden_final)),
+        steps=tuple(steps),
+        system=System(framework=team.framework, topology=team.topology,
+                      agents=tuple(AgentSpec(name=n, role=team.roles.get(n)) for n in team.agents)),
+        outcome=Outcome(success=run.success, final_answer=show(final_kind, run.final)),
+        label=label, variant=variant, source={"format": "astra-gen", "seed": seed})
+
+
+def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
+    rng = random.Random(seed)
+    team = TEAMS[cfg.topologies[rng.randrange(len(cfg.topologies))]]
+    walk = random_walk(rng, set(team.executors), rng.randint(cfg.min_tools, cfg.max_tools))
+    if not walk:
+        return TaskResult(rejected="empty walk")
+    choices = draw_choices(rng, len(walk))
+    seed_value = rng.randrange(1, 1_000_000)
+    question = (f"Using public sources, determine {show('question', seed_value)} and report the "
+                f"resulting figure. {rng.choice(TOPICS).capitalize()} records may be incomplete.")
+    plan = build_plan(team, walk, choices, seed_value)
+    golden = execute(plan)
+    out = TaskResult()
+    tid = f"sim-{team.topology}-{cfg.seed}-{seed}"
+    if "golden" in cfg.variants:
+        out.traces.append(_trace(team, plan, golden, None, None, "golden", f"{tid}-golden",
+                                 question, golden.final, seed))
+    if not {"fatal", "healed"} & set(cfg.variants):
+        return out
+    mode = cfg.modes[rng.randrange(len(cfg.modes))]
+    candidates = eligible_steps(plan, mode, team)
+    rng.shuffle(candidates)
+    for step in candidates[:4]:
+        fault = Fault(step, mode)
+        run = execute(plan, fault, golden_final=golden.final)
+        if run.success:
+            continue  # the fault did not matter on this run; try another step
+        decisive = decisive_step(plan, fault, golden.final, team.env_agent)
+        if decisive is None:
+            continue
+        agent = plan.actions[decisive].agent
+        tool = plan.actions[decisive].tool
+        label = Label(agent=agent, step=decisive, mode=mode,
+                      reason=_reason(mode, agent, tool.name if tool else None, decisive))
+        if "fatal" in cfg.variants:
+            out.traces.append(_trace(team, plan, run, fault, label, "fatal", f"{tid}-fatal",
+                                     question, golden.final, seed))
+        if "healed" in cfg.variants:
+            healed_plan = build_plan(team, walk, choices, seed_value,
+                                     heal_chunk=plan.actions[step].chunk)
+            healed = execute(healed_plan, fault, golden_final=golden.final)
+            if healed.success:
+                out.traces.append(_trace(team, healed_plan, healed, fault, label, "healed",
+                                         f"{tid}-healed", question, golden.final, seed))
+        return out
+    out.rejected = f"no fatal {mode} fault found"
+    return out
+
+
+def _work(args: tuple[int, GenConfig]) -> TaskResult:
+    return simulate_task(*args)
+
+
+def task_seeds(cfg: GenConfig) -> list[int]:
+    base = random.Random(cfg.seed)
+    return [base.randrange(2**31) for _ in range(cfg.n_tasks)]
+
+
+def generate(cfg: GenConfig) -> Iterator[TaskResult]:
+    """Results in task order; uses a process pool when more than one worker is asked for."""
+    jobs = [(s, cfg) for s in task_seeds(cfg)]
+    workers = cfg.workers or mp.cpu_count()
+    if workers <= 1 or len(jobs) < 64:
+        yield from map(_work, jobs)
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_work, jobs, chunksize=32)
