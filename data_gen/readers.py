@@ -256,23 +256,36 @@ def _role_of(s: Step) -> str:
     return s.agent
 
 
-def write_traces(traces: Iterable[Trace], out: str | Path, fmt: str = "native",
+def encode_native(trace: Trace) -> str:
+    return json.dumps(trace.to_dict(), ensure_ascii=False)
+
+
+def encode_whowhen(trace: Trace) -> str:
+    return json.dumps(to_whowhen(trace), ensure_ascii=False)
+
+
+ENCODERS = {"native": encode_native, "whowhen": encode_whowhen}
+
+
+def write_traces(traces: Iterable[Trace | str], out: str | Path, fmt: str = "native",
                  layout: str = "jsonl") -> int:
-    """Write traces as one JSONL file (`layout=jsonl`) or one JSON file per trace (`files`)."""
+    """Write traces as one JSONL file (`layout=jsonl`) or one JSON file per trace (`files`).
+    Items may be traces or strings already encoded with `ENCODERS[fmt]`."""
     out = Path(out)
-    encode = (lambda t: t.to_dict()) if fmt == "native" else to_whowhen
+    encode = ENCODERS[fmt]
     n = 0
     if layout == "jsonl":
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as f:
             for t in traces:
-                f.write(json.dumps(encode(t), ensure_ascii=False) + "\n")
+                f.write((t if isinstance(t, str) else encode(t)) + "\n")
                 n += 1
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for t in traces:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", t.trace_id)
-            (out / f"{name}.json").write_text(json.dumps(encode(t), ensure_ascii=False, indent=1),
-                                              encoding="utf-8")
-            n += 1
+        return n
+    out.mkdir(parents=True, exist_ok=True)
+    for t in traces:
+        text = t if isinstance(t, str) else encode(t)
+        rec = json.loads(text) if isinstance(t, str) else {"trace_id": t.trace_id}
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(rec.get("trace_id", rec.get("question_ID"))))
+        (out / f"{name}.json").write_text(text, encoding="utf-8")
+        n += 1
     return n

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from data_gen.sim.engine import (Fault, Plan, Run, build_plan, decisive_step, draw_choices,
                                  eligible_steps, execute)
@@ -30,7 +30,7 @@ class GenConfig:
     modes: tuple[str, ...] = FAULT_MODES
     variants: tuple[str, ...] = VARIANTS
     min_tools: int = 1
-    max_tools: int = 24
+    max_tools: int = 28
     workers: int = 0  # 0: all cores
 
 
@@ -130,8 +130,12 @@ def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
     return out
 
 
-def _work(args: tuple[int, GenConfig]) -> TaskResult:
-    return simulate_task(*args)
+def _work(args: tuple[int, GenConfig, Callable[[Trace], str] | None]) -> TaskResult:
+    seed, cfg, encode = args
+    res = simulate_task(seed, cfg)
+    if encode is not None:  # encode in the worker: strings are cheap to send back
+        res.traces = [encode(t) for t in res.traces]
+    return res
 
 
 def task_seeds(cfg: GenConfig) -> list[int]:
@@ -139,9 +143,11 @@ def task_seeds(cfg: GenConfig) -> list[int]:
     return [base.randrange(2**31) for _ in range(cfg.n_tasks)]
 
 
-def generate(cfg: GenConfig) -> Iterator[TaskResult]:
-    """Results in task order; uses a process pool when more than one worker is asked for."""
-    jobs = [(s, cfg) for s in task_seeds(cfg)]
+def generate(cfg: GenConfig, encode: Callable[[Trace], str] | None = None
+             ) -> Iterator[TaskResult]:
+    """Results in task order; uses a process pool when more than one worker is asked for.
+    With `encode` (a module-level function), results carry encoded strings instead of traces."""
+    jobs = [(s, cfg, encode) for s in task_seeds(cfg)]
     workers = cfg.workers or mp.cpu_count()
     if workers <= 1 or len(jobs) < 64:
         yield from map(_work, jobs)

@@ -1,0 +1,33 @@
+"""The `astra` command: one entry point, subcommands contributed by each stage.
+
+Stage modules are imported when their subcommand is parsed, so `astra traces validate` never pays
+for importing JAX or PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from astra_cli import data_commands, demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="astra", description="Which agent failed, and when: failure "
+                                "attribution for LLM multi-agent logs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    data_commands.add_commands(sub)
+    demo.add_command(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+class FakeChatModel(BaseHTTPRequestHandler):
+    """A real OpenAI-compatible HTTP endpoint on loopback: rewrites the quoted message, fails with
+    503 on every `fail_every`-th request, and drops values on request `drop_on`."""
+
+    def do_POST(self):  # noqa: N802
+        srv = self.server
+        with srv.lock:
+            srv.count += 1
+            n = srv.count
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv.requests.append(body)
+        if srv.fail_every and n % srv.fail_every == 0:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"busy")
+            return
+        if srv.stop_after and n > srv.stop_after:
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b"quota exhausted")
+            return
+        user = body["messages"][-1]["content"]
+        original = user.split("<<<\n", 1)[1].rsplit("\n>>>", 1)[0]
+        text = "In my words: " + original if n != srv.drop_on else "I did the thing."
+        out = {"choices": [{"message": {"role": "assistant", "content": text}}],
+               "usage": {"prompt_tokens": len(user.split()), "completion_tokens": len(text.split())}}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatModel)
+    srv.lock, srv.count, srv.requests = threading.Lock(), 0, []
+    srv.fail_every, srv.stop_after, srv.drop_on = 0, 0, 0
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
+    srv.shutdown()
+    srv.server_close()

@@ -1,0 +1,53 @@
+import json
+import shutil
+from pathlib import Path
+
+from astra_cli.main import main
+from data_gen.readers import load_traces
+
+DEV = Path(__file__).resolve().parent.parent / "data" / "who_and_when" / "Algorithm-Generated"
+
+
+def test_gen_validate_stats_convert(tmp_path, capsys):
+    out = tmp_path / "sim.jsonl"
+    assert main(["gen", "--tasks", "30", "--seed", "4", "--out", str(out), "--workers", "1",
+                 "--faults", "logic_error,context_loss", "--topologies", "metagpt"]) == 0
+    report = load_traces(out)
+    assert not report.errors and report.traces
+    assert {t.system.topology for t in report.traces} == {"metagpt"}
+    assert {t.label.mode for t in report.traces if t.label} <= {"logic_error", "context_loss"}
+    assert main(["traces", "validate", str(out)]) == 0
+    assert main(["traces", "stats", str(out)]) == 0
+    assert "metagpt/fatal" in capsys.readouterr().out
+    ww = tmp_path / "ww"
+    assert main(["traces", "convert", str(out), "--to", "whowhen", "--layout", "files",
+                 "--out", str(ww)]) == 0
+    files = sorted(ww.glob("*.json"))
+    assert len(files) == len(report.traces)
+    assert "history" in json.loads(files[0].read_text())
+
+
+def test_validate_reports_bad_files_and_exits_nonzero(tmp_path, capsys):
+    shutil.copy(DEV / "5.json", tmp_path / "5.json")
+    (tmp_path / "6.json").write_text('{"history": []}')
+    assert main(["traces", "validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "6.json" in out and "no steps" in out
+    assert out.strip().splitlines()[-1].split() == ["1", "1", "0"]
+
+
+def test_gen_rejects_unknown_fault_mode(capsys):
+    try:
+        main(["gen", "--faults", "typo_error", "--out", "x.jsonl"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "choose from" in capsys.readouterr().err
+
+
+def test_gen_llm_mode_against_loopback_endpoint(chat_server, tmp_path):
+    out = tmp_path / "llm.jsonl"
+    assert main(["gen", "--tasks", "2", "--max-tools", "2", "--out", str(out), "--workers", "1",
+                 "--llm-url", chat_server.url, "--llm-model", "tiny"]) == 0
+    traces = load_traces(out).traces
+    assert traces and all(t.source.get("text") == "llm" for t in traces)
+    assert chat_server.count == sum(len(t.steps) for t in traces)

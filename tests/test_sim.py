@@ -1,0 +1,113 @@
+import random
+from collections import Counter
+
+import pytest
+
+from data_gen.sim.engine import Fault, build_plan, draw_choices, eligible_steps, execute
+from data_gen.sim.generate import GenConfig, generate, simulate_task
+from data_gen.sim.teams import TEAMS
+from data_gen.sim.tools import TOOLS, random_walk
+from data_gen.trace import FAULT_MODES, check_trace
+
+
+@pytest.fixture(scope="module")
+def traces():
+    return [t for r in generate(GenConfig(n_tasks=240, seed=11, workers=1)) for t in r.traces]
+
+
+def test_same_seed_same_traces():
+    a = [t.to_dict() for t in simulate_task(123, GenConfig()).traces]
+    b = [t.to_dict() for t in simulate_task(123, GenConfig()).traces]
+    assert a == b and len(a) == 3
+
+
+def test_parallel_generation_equals_serial():
+    serial = [t.trace_id for r in generate(GenConfig(n_tasks=80, seed=2, workers=1))
+              for t in r.traces]
+    parallel = [t.trace_id for r in generate(GenConfig(n_tasks=80, seed=2, workers=2))
+                for t in r.traces]
+    assert serial == parallel and len(serial) > 150
+
+
+def test_coverage_of_topologies_modes_variants_and_lengths(traces):
+    fatal = [t for t in traces if t.variant == "fatal"]
+    assert {t.system.topology for t in traces} == set(TEAMS)
+    assert {t.label.mode for t in fatal} == set(FAULT_MODES)
+    assert Counter(t.variant for t in traces)["healed"] > 0
+    lengths = [len(t.steps) for t in traces]
+    assert min(lengths) <= 8 and max(lengths) >= 100
+    for t in traces:
+        check_trace(t)
+
+
+def test_triplets_share_the_task_and_outcomes_match_variants(traces):
+    by_task = {}
+    for t in traces:
+        by_task.setdefault(t.trace_id.rsplit("-", 1)[0], []).append(t)
+    for group in by_task.values():
+        assert len({t.task.question for t in group}) == 1
+        for t in group:
+            assert t.outcome.success == (t.variant != "fatal")
+            if t.variant == "fatal":
+                assert t.outcome.final_answer != t.task.ground_truth
+            else:
+                assert t.outcome.final_answer == t.task.ground_truth
+
+
+def test_refs_point_back_and_tool_steps_depend_on_earlier_outputs(traces):
+    for t in traces:
+        for s in t.steps:
+            assert all(r < s.index for r in s.refs)
+        calls = [s for s in t.steps if s.kind == "tool_call"]
+        assert calls and all(s.refs for s in calls)
+
+
+def _plan(seed):
+    rng = random.Random(seed)
+    team = TEAMS["captain-agent"]
+    walk = random_walk(rng, set(team.executors), 6)
+    return team, build_plan(team, walk, draw_choices(rng, len(walk)), 4242)
+
+
+def test_walk_consumes_what_was_produced_before():
+    rng = random.Random(0)
+    for _ in range(50):
+        walk = random_walk(rng, {"web", "file", "code", "compute"}, 10)
+        have = {"question"}
+        for tool in walk:
+            assert set(tool.consumes) <= have
+            have.add(tool.produces)
+    assert len({t.name for t in TOOLS}) == len(TOOLS)
+
+
+@pytest.mark.parametrize("mode", FAULT_MODES)
+def test_label_is_the_earliest_correction_that_fixes_the_run(mode):
+    """Replay each fatal trace: fixing the label step succeeds, fixing any earlier step fails."""
+    for seed in range(40):
+        team, plan = _plan(seed)
+        golden = execute(plan)
+        steps = eligible_steps(plan, mode, team)
+        if not steps:
+            continue
+        fault = Fault(steps[-1], mode)
+        run = execute(plan, fault, golden_final=golden.final)
+        if run.success:
+            continue
+        assert execute(plan, fault, corrected=fault.step, golden_final=golden.final).success
+        for t in range(fault.step):
+            assert not execute(plan, fault, corrected=t, golden_final=golden.final).success
+        return
+    pytest.fail(f"no fatal {mode} fault in 40 plans")
+
+
+def test_generated_labels_survive_replay(traces):
+    """The stored label of each fatal trace is the step where the fault sits, by construction
+    and by replay in the generator; healed traces show the verifier catching it."""
+    fatal = [t for t in traces if t.variant == "fatal"]
+    healed = {t.trace_id.rsplit("-", 1)[0]: t for t in traces if t.variant == "healed"}
+    for t in fatal:
+        step = t.steps[t.label.step]
+        assert step.agent == t.label.agent
+        h = healed.get(t.trace_id.rsplit("-", 1)[0])
+        if h is not None:
+            assert any("is wrong, the correct value is" in s.content for s in h.steps)
