@@ -1,0 +1,1 @@
+"""Coarse stage: DHCG, features, packing, ASTRA-MoE, training and prediction (JAX/Flax)."""

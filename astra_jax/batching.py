@@ -1,0 +1,100 @@
+"""Packing featurised traces into one padded `jraph.GraphsTuple` per batch.
+
+Every batch has `batch_size + 1` graphs (the last one absorbs padding) and node, edge and agent
+counts rounded up to the next size bucket (powers of two from a floor), so a training run
+compiles once per bucket it meets: a handful of times, not once per batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from astra_jax.features import Featurised
+from astra_jax.jraph_compat import jraph
+from data_gen.trace import FAULT_MODES, Trace
+
+
+class Batch(NamedTuple):
+    graph: jraph.GraphsTuple  # nodes: {"text" [N, Dt], "meta" [N, Dm], "type" [N]}; edges: type [E]
+    node_step: np.ndarray  # [N] snapshot index (RoPE position)
+    node_graph: np.ndarray  # [N] graph of each node (the padding graph for padding)
+    step_mask: np.ndarray  # [N] 1 for step (author) nodes of real graphs
+    node_agent: np.ndarray  # [N] batch-wide agent of each step node (padding agent elsewhere)
+    agent_graph: np.ndarray  # [A] graph of each agent
+    agent_mask: np.ndarray  # [A]
+    edge_mask: np.ndarray  # [E]
+    graph_mask: np.ndarray  # [G]
+    target_node: np.ndarray  # [G] node index of the labelled step (0 where none)
+    target_agent: np.ndarray  # [G] agent index of the labelled agent (0 where none)
+    label_mask: np.ndarray  # [G] 1 for failed traces with a label
+    failed: np.ndarray  # [G] 1 for failed runs
+    mode: np.ndarray  # [G] fault mode index (0 where unknown)
+    mode_mask: np.ndarray  # [G]
+
+
+def bucket(n: int, floor: int) -> int:
+    size = floor
+    while size < n:
+        size *= 2
+    return size
+
+
+def labels_of(trace: Trace) -> tuple[int, int, int, int]:
+    """(step, agent index, failed, mode index); -1 where unknown. Healed runs did not fail."""
+    failed = 1 if trace.outcome.success is False or trace.variant == "fatal" else 0
+    if trace.label is None or not failed:
+        return -1, -1, failed, -1
+    agents = trace.agents
+    mode = FAULT_MODES.index(trace.label.mode) if trace.label.mode in FAULT_MODES else -1
+    agent = agents.index(trace.label.agent) if trace.label.agent in agents else -1
+    return trace.label.step, agent, failed, mode
+
+
+def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
+               batch_size: int, node_floor: int = 512, edge_floor: int = 2048,
+               agent_floor: int = 64) -> Batch:
+    if not 0 < len(items) <= batch_size:
+        raise ValueError(f"need 1..{batch_size} traces, got {len(items)}")
+    n_real = sum(len(f.graph.node_type) for f in items)
+    e_real = sum(len(f.graph.senders) for f in items)
+    a_real = sum(len(f.graph.agents) for f in items)
+    N, E = bucket(n_real + 1, node_floor), bucket(e_real + 1, edge_floor)
+    A, G = bucket(a_real + 1, agent_floor), batch_size + 1
+    dt, dm = items[0].step_text.shape[1], items[0].meta.shape[1]
+    text, meta = np.zeros((N, dt), np.float32), np.zeros((N, dm), np.float32)
+    ntype, nstep = np.zeros(N, np.int32), np.zeros(N, np.int32)
+    ngraph = np.full(N, G - 1, np.int32)
+    step_mask, nagent = np.zeros(N, np.float32), np.full(N, A - 1, np.int32)
+    senders, receivers = np.full(E, N - 1, np.int32), np.full(E, N - 1, np.int32)
+    etype, emask = np.zeros(E, np.int32), np.zeros(E, np.float32)
+    agraph, amask = np.full(A, G - 1, np.int32), np.zeros(A, np.float32)
+    n_node, n_edge = np.zeros(G, np.int32), np.zeros(G, np.int32)
+    gmask = np.zeros(G, np.float32)
+    tnode, tagent = np.zeros(G, np.int32), np.zeros(G, np.int32)
+    lmask, failed = np.zeros(G, np.float32), np.zeros(G, np.float32)
+    mode, mmask = np.zeros(G, np.int32), np.zeros(G, np.float32)
+    no = eo = ao = 0
+    for gi, (f, (step, agent, fail, md)) in enumerate(zip(items, labels)):
+        g = f.graph
+        n, e, a = len(g.node_type), len(g.senders), len(g.agents)
+        text[no:no + n] = f.step_text[g.node_step]
+        meta[no:no + n] = f.meta
+        ntype[no:no + n], nstep[no:no + n], ngraph[no:no + n] = g.node_type, g.node_step, gi
+        step_mask[no + g.step_node] = 1.0
+        nagent[no + g.step_node] = ao + g.step_agent
+        senders[eo:eo + e], receivers[eo:eo + e] = no + g.senders, no + g.receivers
+        etype[eo:eo + e], emask[eo:eo + e] = g.edge_type, 1.0
+        agraph[ao:ao + a], amask[ao:ao + a] = gi, 1.0
+        n_node[gi], n_edge[gi], gmask[gi], failed[gi] = n, e, 1.0, fail
+        if step >= 0 and agent >= 0:
+            tnode[gi], tagent[gi], lmask[gi] = no + g.step_node[step], ao + agent, 1.0
+        if md >= 0:
+            mode[gi], mmask[gi] = md, 1.0
+        no, eo, ao = no + n, eo + e, ao + a
+    n_node[G - 1], n_edge[G - 1] = N - no, E - eo
+    graph = jraph.GraphsTuple(nodes={"text": text, "meta": meta, "type": ntype}, edges=etype,
+                              senders=senders, receivers=receivers, n_node=n_node, n_edge=n_edge,
+                              globals=None)
+    return Batch(graph, nstep, ngraph, step_mask, nagent, agraph, amask, emask, gmask, tnode,
+                 tagent, lmask, failed, mode, mmask)

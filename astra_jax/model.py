@@ -1,0 +1,163 @@
+"""ASTRA-MoE: MicroStateEncoder → STGAT blocks → MoE head, over one packed batch.
+
+Shapes: N nodes, E edges, G graphs, A agents, D = d_model, H heads. Message passing is
+`segment_*` over senders/receivers; no Python loop over traces or steps runs in here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from astra_jax.batching import Batch
+from astra_jax.dhcg import EDGE_TYPES, NODE_TYPES
+from data_gen.trace import FAULT_MODES
+
+TEMPORAL = EDGE_TYPES.index("temporal")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 128
+    heads: int = 4
+    spatial_layers: int = 2
+    temporal_layers: int = 2
+    experts: int = 4
+    router_noise: float = 1.0
+    dropout: float = 0.1
+
+
+class Outputs(NamedTuple):
+    step_logit: jax.Array  # [N] fault score of each node (meaningful on step nodes)
+    agent_logit: jax.Array  # [A]
+    fail_logit: jax.Array  # [G]
+    mode_logit: jax.Array  # [G, M]
+    evidence: jax.Array  # [N] Dirichlet evidence per step node
+    balance_loss: jax.Array  # []
+    router_probs: jax.Array  # [N, experts]
+    attention: jax.Array  # [E, H] last spatial block's attention
+
+
+def segment_softmax(logits: jax.Array, segments: jax.Array, n: int) -> jax.Array:
+    """Softmax of logits [E, ...] within each segment id; ids in [0, n)."""
+    mx = jax.ops.segment_max(logits, segments, n)
+    ex = jnp.exp(logits - jax.lax.stop_gradient(mx)[segments])
+    return ex / (jax.ops.segment_sum(ex, segments, n)[segments] + 1e-9)
+
+
+def rope(x: jax.Array, pos: jax.Array) -> jax.Array:
+    """Rotary position embedding of x [E, H, Dh] at integer positions [E]."""
+    half = x.shape[-1] // 2
+    freq = 1.0 / (10000 ** (jnp.arange(half) / half))
+    ang = pos[:, None, None].astype(jnp.float32) * freq
+    x1, x2 = x[..., :half], x[..., half:2 * half]
+    return jnp.concatenate([x1 * jnp.cos(ang) - x2 * jnp.sin(ang),
+                            x1 * jnp.sin(ang) + x2 * jnp.cos(ang), x[..., 2 * half:]], -1)
+
+
+class MicroStateEncoder(nn.Module):
+    d_model: int
+
+    @nn.compact
+    def __call__(self, text, meta, node_type):
+        t = nn.Dense(self.d_model)(text)
+        m = nn.gelu(nn.Dense(self.d_model)(
+            jnp.concatenate([meta, jax.nn.one_hot(node_type, len(NODE_TYPES))], -1)))
+        gate = nn.sigmoid(nn.Dense(self.d_model)(jnp.concatenate([t, m], -1)))
+        return nn.LayerNorm()(gate * t + (1 - gate) * m)
+
+
+class EdgeAttention(nn.Module):
+    """Multi-head attention along edges: each receiver attends over its incoming edges, keys and
+    values shifted by a learned embedding of the edge type; optional RoPE on the step index."""
+    d_model: int
+    heads: int
+    use_rope: bool = False
+
+    @nn.compact
+    def __call__(self, h, senders, receivers, edge_type, edge_mask, node_step, deterministic):
+        n, hd = h.shape[0], self.d_model // self.heads
+        split = lambda x: x.reshape(x.shape[0], self.heads, hd)  # noqa: E731
+        q = split(nn.Dense(self.d_model)(h))[receivers]
+        type_k = nn.Embed(len(EDGE_TYPES), self.d_model)(edge_type)
+        type_v = nn.Embed(len(EDGE_TYPES), self.d_model)(edge_type)
+        k = split(nn.Dense(self.d_model)(h)[senders] + type_k)
+        v = split(nn.Dense(self.d_model)(h)[senders] + type_v)
+        if self.use_rope:
+            q, k = rope(q, node_step[receivers]), rope(k, node_step[senders])
+        logits = (q * k).sum(-1) / jnp.sqrt(hd)  # [E, H]
+        logits = jnp.where(edge_mask[:, None] > 0, logits, -1e9)
+        attn = segment_softmax(logits, receivers, n) * edge_mask[:, None]
+        msg = jax.ops.segment_sum(attn[..., None] * v, receivers, n).reshape(n, self.d_model)
+        out = nn.Dropout(0.1)(nn.Dense(self.d_model)(msg), deterministic=deterministic)
+        h = nn.LayerNorm()(h + out)
+        ff = nn.Dense(self.d_model)(nn.gelu(nn.Dense(2 * self.d_model)(h)))
+        return nn.LayerNorm()(h + ff), attn
+
+
+class MoEHead(nn.Module):
+    """Noisy top-2 routing over small expert MLPs, with a switch-style load-balancing loss."""
+    d_model: int
+    experts: int
+    noise: float
+
+    @nn.compact
+    def __call__(self, h, node_mask, deterministic):
+        logits = nn.Dense(self.experts)(h)
+        if not deterministic and self.noise > 0:
+            logits = logits + self.noise * jax.random.normal(self.make_rng("router"),
+                                                             logits.shape) / self.experts
+        top_val, top_ix = jax.lax.top_k(logits, 2)
+        gates = jax.nn.softmax(top_val, -1)
+        dense_gates = (jax.nn.one_hot(top_ix, self.experts) * gates[..., None]).sum(1)  # [N, X]
+        outs = jnp.stack([nn.Dense(self.d_model)(nn.gelu(nn.Dense(self.d_model)(h)))
+                          for _ in range(self.experts)], 1)  # [N, X, D]
+        y = h + (dense_gates[..., None] * outs).sum(1)
+        probs = jax.nn.softmax(logits, -1)
+        w = node_mask[:, None] / jnp.maximum(node_mask.sum(), 1.0)
+        frac = (jax.nn.one_hot(top_ix[:, 0], self.experts) * w).sum(0)
+        balance = self.experts * (frac * (probs * w).sum(0)).sum()
+        return y, balance, probs
+
+
+class AstraMoE(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, b: Batch, deterministic: bool = True) -> Outputs:
+        c, g = self.cfg, b.graph
+        n_nodes, n_graphs, n_agents = g.nodes["type"].shape[0], b.graph_mask.shape[0], \
+            b.agent_mask.shape[0]
+        h = MicroStateEncoder(c.d_model)(g.nodes["text"], g.nodes["meta"], g.nodes["type"])
+        spatial = b.edge_mask * (g.edges != TEMPORAL)
+        temporal = b.edge_mask * (g.edges == TEMPORAL)
+        attn = None
+        for _ in range(max(c.spatial_layers, c.temporal_layers)):
+            if c.spatial_layers:
+                h, attn = EdgeAttention(c.d_model, c.heads)(
+                    h, g.senders, g.receivers, g.edges, spatial, b.node_step, deterministic)
+            if c.temporal_layers:
+                h, _ = EdgeAttention(c.d_model, c.heads, use_rope=True)(
+                    h, g.senders, g.receivers, g.edges, temporal, b.node_step, deterministic)
+        node_mask = (b.node_graph < n_graphs - 1).astype(jnp.float32)
+        h, balance, probs = MoEHead(c.d_model, c.experts, c.router_noise)(h, node_mask,
+                                                                         deterministic)
+        step_logit = nn.Dense(1)(h)[:, 0]
+        step_logit = jnp.where(b.step_mask > 0, step_logit, -1e9)
+        evidence = jax.nn.softplus(step_logit) * b.step_mask
+        # an agent's score: the soft maximum of its step scores plus a pooled term
+        agent_lse = jax.ops.segment_max(step_logit, b.node_agent, n_agents)
+        pooled = jax.ops.segment_sum(h * b.step_mask[:, None], b.node_agent, n_agents)
+        count = jax.ops.segment_sum(b.step_mask, b.node_agent, n_agents)[:, None]
+        agent_logit = agent_lse + nn.Dense(1)(pooled / jnp.maximum(count, 1.0))[:, 0]
+        agent_logit = jnp.where(b.agent_mask > 0, agent_logit, -1e9)
+        gsum = jax.ops.segment_sum(h * node_mask[:, None], b.node_graph, n_graphs)
+        gcount = jax.ops.segment_sum(node_mask, b.node_graph, n_graphs)[:, None]
+        gvec = gsum / jnp.maximum(gcount, 1.0)
+        fail_logit = nn.Dense(1)(nn.gelu(nn.Dense(c.d_model)(gvec)))[:, 0]
+        mode_logit = nn.Dense(len(FAULT_MODES))(nn.gelu(nn.Dense(c.d_model)(gvec)))
+        return Outputs(step_logit, agent_logit, fail_logit, mode_logit, evidence, balance, probs,
+                       attn if attn is not None else jnp.zeros((g.edges.shape[0], c.heads)))

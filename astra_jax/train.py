@@ -1,0 +1,273 @@
+"""Losses, jitted train/eval steps, and the training loop with orbax checkpoints.
+
+The loop is the only place with side effects: it shuffles with a seeded generator, packs batches,
+calls the jitted steps, writes `metrics.jsonl` and checkpoints (latest and best) with orbax. A run
+that is stopped resumes from its last checkpoint and continues the same curve, because the data
+order of each epoch is a function of (seed, epoch) only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from tqdm import tqdm
+
+from astra_jax.batching import Batch, labels_of, pack_batch
+from astra_jax.features import Featurised
+from astra_jax.model import AstraMoE, ModelConfig, Outputs
+from data_gen.trace import Trace
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    seed: int = 0
+    w_step: float = 1.0
+    w_agent: float = 1.0
+    w_mode: float = 0.3
+    w_fail: float = 0.3
+    w_balance: float = 0.01
+    w_evidence: float = 0.01
+    embedder: str = "hashing"
+
+
+class State(train_state.TrainState):
+    rng: jax.Array
+
+
+COMPILES = {"train": 0, "eval": 0}  # incremented at trace time: one per compilation
+
+
+def segment_log_softmax(logits: jax.Array, seg: jax.Array, n: int) -> jax.Array:
+    mx = jax.lax.stop_gradient(jax.ops.segment_max(logits, seg, n))
+    ex = jnp.exp(logits - mx[seg])
+    return logits - mx[seg] - jnp.log(jax.ops.segment_sum(ex, seg, n)[seg] + 1e-9)
+
+
+def losses(out: Outputs, b: Batch) -> dict[str, jax.Array]:
+    G = b.graph_mask.shape[0]
+    lm = b.label_mask
+    n_lab = jnp.maximum(lm.sum(), 1.0)
+    step_lp = segment_log_softmax(out.step_logit, b.node_graph, G)
+    step_ce = -(step_lp[b.target_node] * lm).sum() / n_lab
+    agent_lp = segment_log_softmax(out.agent_logit, b.agent_graph, G)
+    agent_ce = -(agent_lp[b.target_agent] * lm).sum() / n_lab
+    mode_ce = (optax.softmax_cross_entropy_with_integer_labels(out.mode_logit, b.mode)
+               * b.mode_mask).sum() / jnp.maximum(b.mode_mask.sum(), 1.0)
+    fail_bce = (optax.sigmoid_binary_cross_entropy(out.fail_logit, b.failed)
+                * b.graph_mask).sum() / jnp.maximum(b.graph_mask.sum(), 1.0)
+    labelled_node = lm[b.node_graph] * b.step_mask
+    wrong = labelled_node.at[b.target_node].multiply(1.0 - lm)
+    evid = (out.evidence * wrong).sum() / jnp.maximum(wrong.sum(), 1.0)
+    return {"step_ce": step_ce, "agent_ce": agent_ce, "mode_ce": mode_ce, "fail_bce": fail_bce,
+            "balance": out.balance_loss, "evidence": evid}
+
+
+def total_loss(parts: dict[str, jax.Array], cfg: TrainConfig) -> jax.Array:
+    return (cfg.w_step * parts["step_ce"] + cfg.w_agent * parts["agent_ce"]
+            + cfg.w_mode * parts["mode_ce"] + cfg.w_fail * parts["fail_bce"]
+            + cfg.w_balance * parts["balance"] + cfg.w_evidence * parts["evidence"])
+
+
+def predictions(out: Outputs, b: Batch) -> dict[str, jax.Array]:
+    """Per graph: predicted step node, agent, their probabilities, uncertainty."""
+    G = b.graph_mask.shape[0]
+    step_p = jnp.exp(segment_log_softmax(out.step_logit, b.node_graph, G))
+    agent_p = jnp.exp(segment_log_softmax(out.agent_logit, b.agent_graph, G))
+    idx_n = jnp.arange(step_p.shape[0])
+    best_node = jax.ops.segment_max(jnp.where(b.step_mask > 0, out.step_logit, -1e9), b.node_graph,
+                                    G)
+    is_best = (out.step_logit == best_node[b.node_graph]) & (b.step_mask > 0)
+    pred_node = jax.ops.segment_min(jnp.where(is_best, idx_n, 1 << 30), b.node_graph, G)
+    best_agent = jax.ops.segment_max(out.agent_logit, b.agent_graph, G)
+    idx_a = jnp.arange(agent_p.shape[0])
+    pred_agent = jax.ops.segment_min(
+        jnp.where(out.agent_logit == best_agent[b.agent_graph], idx_a, 1 << 30), b.agent_graph, G)
+    alpha_sum = jax.ops.segment_sum(out.evidence + b.step_mask, b.node_graph, G)
+    n_steps = jax.ops.segment_sum(b.step_mask, b.node_graph, G)
+    return {"pred_node": pred_node, "pred_agent": pred_agent, "step_p": step_p,
+            "agent_p": agent_p, "fail_p": jax.nn.sigmoid(out.fail_logit),
+            "uncertainty": n_steps / jnp.maximum(alpha_sum, 1.0)}
+
+
+def make_steps(cfg: TrainConfig):
+    model = AstraMoE(cfg.model)
+
+    def train_step(state: State, b: Batch):
+        COMPILES["train"] += 1
+        rng, drop, route = jax.random.split(state.rng, 3)
+
+        def loss_fn(params):
+            out = model.apply({"params": params}, b, deterministic=False,
+                              rngs={"dropout": drop, "router": route})
+            parts = losses(out, b)
+            return total_loss(parts, cfg), parts
+
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads).replace(rng=rng)
+        return state, dict(parts, loss=loss, grad_norm=optax.global_norm(grads))
+
+    def eval_step(params, b: Batch):
+        COMPILES["eval"] += 1
+        out = model.apply({"params": params}, b, deterministic=True)
+        parts = losses(out, b)
+        return dict(parts, loss=total_loss(parts, cfg)), predictions(out, b), out
+
+    return model, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+
+
+def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
+    model = AstraMoE(cfg.model)
+    rng = jax.random.PRNGKey(cfg.seed)
+    params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, total_steps // 2),
+                                               max(total_steps, 2), cfg.lr * 0.05)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                     optax.adamw(sched, weight_decay=cfg.weight_decay))
+    return State.create(apply_fn=model.apply, params=params, tx=tx,
+                        rng=jax.random.PRNGKey(cfg.seed + 1))
+
+
+def batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray
+            ) -> Iterator[tuple[Batch, list[int]]]:
+    for i in range(0, len(order), cfg.batch_size):
+        ix = order[i:i + cfg.batch_size].tolist()
+        yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size), ix
+
+
+def evaluate(params, eval_step, items, labels, cfg: TrainConfig) -> dict[str, float]:
+    """Strict agent and step accuracy, top-3 agent recall and ECE over labelled failed traces."""
+    hits_a = hits_s = top3 = n = 0
+    conf, correct = [], []
+    loss_sum = 0.0
+    nb = 0
+    for b, ix in batches(items, labels, cfg, np.arange(len(items))):
+        metrics, pred, _ = eval_step(params, b)
+        loss_sum, nb = loss_sum + float(metrics["loss"]), nb + 1
+        pred = jax.tree_util.tree_map(np.asarray, pred)
+        for gi, j in enumerate(ix):
+            if b.label_mask[gi] == 0:
+                continue
+            n += 1
+            ok_s = pred["pred_node"][gi] == b.target_node[gi]
+            ok_a = pred["pred_agent"][gi] == b.target_agent[gi]
+            hits_s, hits_a = hits_s + ok_s, hits_a + ok_a
+            mine = np.where(b.agent_graph == gi)[0]
+            ranked = mine[np.argsort(-pred["agent_p"][mine], kind="stable")][:3]
+            top3 += b.target_agent[gi] in ranked
+            conf.append(float(pred["step_p"][pred["pred_node"][gi]]))
+            correct.append(float(ok_s))
+    return {"loss": loss_sum / max(nb, 1), "n": n, "agent_acc": hits_a / max(n, 1),
+            "step_acc": hits_s / max(n, 1), "agent_top3": top3 / max(n, 1),
+            "ece": expected_calibration_error(np.array(conf), np.array(correct))}
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    if len(conf) == 0:
+        return 0.0
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
+    return float(ece)
+
+
+def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, best_fn=lambda m: m["val_step_acc"],
+                                        best_mode="max", keep_checkpoints_without_metrics=False,
+                                        create=True)
+    return ocp.CheckpointManager(out_dir.resolve() / "checkpoints", options=opts)
+
+
+def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featurised],
+          val_traces: list[Trace], val_feats: list[Featurised], out_dir: Path,
+          progress: bool = True) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    tr_labels = [labels_of(t) for t in train_traces]
+    va_labels = [labels_of(t) for t in val_traces]
+    steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
+    sample = pack_batch(train_feats[:cfg.batch_size], tr_labels[:cfg.batch_size], cfg.batch_size)
+    state = init_state(cfg, sample, steps_per_epoch * cfg.epochs)
+    _, train_step, eval_step = make_steps(cfg)
+    mngr = checkpoint_manager(out_dir)
+    start_epoch = 0
+    if mngr.latest_step() is not None:
+        restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+        state, start_epoch = restored, int(mngr.latest_step())
+        print(f"resuming from epoch {start_epoch}", file=sys.stderr)
+    log = (out_dir / "metrics.jsonl").open("a")
+    best: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_feats))
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(batches(train_feats, tr_labels, cfg, order), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, file=sys.stderr)
+        for b, _ in bar:
+            state, m = train_step(state, b)
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                log.close()
+                raise FloatingPointError(
+                    f"loss became {loss} in epoch {epoch + 1}; the last good checkpoint is "
+                    f"epoch {mngr.latest_step()} under {out_dir / 'checkpoints'}")
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        train_m = {k: v / steps_per_epoch for k, v in sums.items()}
+        val_m = evaluate(state.params, eval_step, val_feats, va_labels, cfg)
+        rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+               **{f"train_{k}": v for k, v in train_m.items()},
+               **{f"val_{k}": v for k, v in val_m.items()}, "compiles": dict(COMPILES)}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
+                  metrics={"val_step_acc": val_m["step_acc"]})
+        mngr.wait_until_finished()
+        if not best or val_m["step_acc"] >= best.get("val_step_acc", -1):
+            best = rec
+        if progress:
+            print(f"epoch {epoch + 1}: loss {train_m['loss']:.3f}  val agent "
+                  f"{val_m['agent_acc']:.3f}  step {val_m['step_acc']:.3f}  top3 "
+                  f"{val_m['agent_top3']:.3f}  ece {val_m['ece']:.3f}", file=sys.stderr)
+    log.close()
+    mngr.close()
+    return {"state": state, "best": best}
+
+
+def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "best"):
+    mngr = checkpoint_manager(run_dir)
+    step = mngr.best_step() if which == "best" else mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
+    target = init_state(cfg, sample, 2)
+    state = mngr.restore(step, args=ocp.args.StandardRestore(target))
+    mngr.close()
+    return state.params, step
+
+
+def config_from_dir(run_dir: Path) -> TrainConfig:
+    d = json.loads((run_dir / "config.json").read_text())
+    d["model"] = ModelConfig(**d["model"])
+    return TrainConfig(**d)
