@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from astra_cli import data_commands, demo
+from astra_cli import coarse_commands, data_commands, demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "attribution for LLM multi-agent logs.")
     sub = p.add_subparsers(dest="command", required=True)
     data_commands.add_commands(sub)
+    coarse_commands.add_commands(sub)
     demo.add_command(sub)
     return p
 

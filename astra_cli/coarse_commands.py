@@ -1,0 +1,117 @@
+"""`astra train`, `astra predict`, `astra attribute`: the coarse stage from the command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from astra_cli.table import format_table
+from data_gen.readers import load_traces
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train the coarse graph model on labelled traces")
+    t.add_argument("data", nargs="+", type=Path, help="training traces (files or directories)")
+    t.add_argument("--val", nargs="+", type=Path, required=True, help="validation traces")
+    t.add_argument("--out", type=Path, required=True, help="run directory (resumes if present)")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--d-model", type=int, default=128)
+    t.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="write top-K candidates JSONL (astra.candidates/v1)")
+    p.add_argument("data", nargs="+", type=Path)
+    p.add_argument("--run", type=Path, required=True, help="a run directory from `astra train`")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_predict)
+
+    a = sub.add_parser("attribute", help="who failed, when, how sure, for one trace")
+    a.add_argument("trace", type=Path, help="a trace file in any supported format")
+    a.add_argument("--run", type=Path, required=True)
+    a.add_argument("--top-k", type=int, default=3)
+    a.set_defaults(func=cmd_attribute)
+
+
+def _load(paths: list[Path]):
+    report = load_traces(paths)
+    for e in report.errors:
+        print(f"skipped (invalid): {e}", file=sys.stderr)
+    return report.traces
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from astra_jax.features import featurise, make_embedder
+    from astra_jax.model import ModelConfig
+    from astra_jax.train import TrainConfig, train
+
+    cfg = TrainConfig(model=ModelConfig(d_model=args.d_model), epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      embedder=args.embedder)
+    tr, va = _load(args.data), _load(args.val)
+    if not tr or not va:
+        print("error: no valid training or validation traces", file=sys.stderr)
+        return 1
+    emb = make_embedder(cfg.embedder)
+    cache = args.out / "feature_cache"
+    res = train(cfg, tr, featurise(tr, emb, cache, True), va, featurise(va, emb, cache, True),
+                args.out)
+    best = res["best"]
+    print(format_table(("best epoch", "val agent acc", "val step acc", "val top-3 agent", "val ECE"),
+                       [(best["epoch"], best["val_agent_acc"], best["val_step_acc"],
+                         best["val_agent_top3"], best["val_ece"])]))
+    return 0
+
+
+def predict_traces(run: Path, traces, top_k: int):
+    from astra_jax.batching import labels_of, pack_batch
+    from astra_jax.features import featurise, make_embedder
+    from astra_jax.predict import top_k_candidates
+    from astra_jax.train import config_from_dir, load_params
+
+    cfg = config_from_dir(run)
+    feats = featurise(traces, make_embedder(cfg.embedder), run / "feature_cache")
+    sample = pack_batch(feats[:1], [labels_of(traces[0])], cfg.batch_size)
+    params, step = load_params(run, cfg, sample)
+    return top_k_candidates(params, cfg, traces, feats, top_k, str(run), step)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from astra_jax.metrics import score_candidates
+    from astra_jax.predict import write_jsonl
+
+    traces = _load(args.data)
+    if not traces:
+        print("error: no valid traces", file=sys.stderr)
+        return 1
+    cands = predict_traces(args.run, traces, args.top_k)
+    write_jsonl(cands, args.out)
+    print(f"wrote {len(cands)} candidate records to {args.out}")
+    if any(t.label for t in traces):
+        s = score_candidates(traces, cands)
+        print(format_table(tuple(s), [tuple(s.values())]))
+    return 0
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    traces = _load([args.trace])
+    if not traces:
+        return 1
+    t = traces[0]
+    c = predict_traces(args.run, [t], args.top_k)[0]
+    top = c["agents"][0]
+    step = top["steps"][0]
+    print(f"trace {t.trace_id}: {len(t.steps)} steps, failure probability "
+          f"{c['failure_prob']:.2f}, uncertainty {c['uncertainty']:.2f}")
+    print(f"who:  {top['agent']}  (score {top['score']:.2f})")
+    print(f"when: step {step['step']}  (confidence {step['score']:.2f})")
+    print(f"      {t.steps[step['step']].content[:200]!r}")
+    rows = [(a["agent"], a["score"], ", ".join(f"{s['step']} ({s['score']:.2f})"
+                                                for s in a["steps"][:3])) for a in c["agents"]]
+    print(format_table(("candidate agent", "score", "top steps"), rows))
+    if t.label:
+        print(f"label: {t.label.agent} at step {t.label.step}")
+    return 0
