@@ -123,7 +123,7 @@ def make_steps(cfg: TrainConfig):
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads).replace(rng=rng)
-        return state, dict(parts, loss=loss, grad_norm=optax.global_norm(grads))
+        return state, dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
 
     def eval_step(params, b: Batch):
         COMPILES["eval"] += 1
