@@ -78,13 +78,11 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
                           splits["test"]), ("Who&When dev logs (never trained on)", dev_traces)):
         cands = predict_traces(run, traces, 3)
         write_jsonl(cands, args.out / f"candidates_{'sim' if 'sim' in name else 'dev'}.jsonl")
-        s = score_candidates(traces, cands)
-        rows.append((name, "ASTRA-JAX coarse", s["n"], s["agent_acc"], s["step_acc"],
-                     s["step_acc_pm1"], s["agent_top3"]))
-        for base, bc in baseline_candidates(traces, args.seed).items():
-            b = score_candidates(traces, bc)
-            rows.append(("", base, b["n"], b["agent_acc"], b["step_acc"], b["step_acc_pm1"],
-                         b["agent_top3"]))
+        methods = {"ASTRA-JAX coarse": cands, **baseline_candidates(traces, args.seed)}
+        for i, (method, cs) in enumerate(methods.items()):
+            s = score_candidates(traces, cs)
+            rows.append((name if i == 0 else "", method, s["n"], s["agent_acc"], s["step_acc"],
+                         s["step_acc_pm1"], s["agent_top3"]))
     print(format_table(("set", "method", "n", "agent acc", "step acc", "step ±1",
                         "agent top-3"), rows))
     print(f"candidates written under {args.out}; model under {run}")

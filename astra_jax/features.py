@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from astra_jax.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
 from data_gen.trace import Trace
@@ -123,8 +124,6 @@ def trace_key(trace: Trace, embedder: Embedder) -> str:
 def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = None,
               progress: bool = False) -> list[Featurised]:
     """Featurise traces, reading and writing `cache_dir/<key>.npz` when given."""
-    from tqdm import tqdm
-
     out = []
     for t in tqdm(traces, desc="featurising", unit="trace", disable=not progress):
         g = build_dhcg(t)

@@ -41,11 +41,15 @@ class Outputs(NamedTuple):
     attention: jax.Array  # [E, H] last spatial block's attention
 
 
+def segment_log_softmax(logits: jax.Array, segments: jax.Array, n: int) -> jax.Array:
+    """Log-softmax of logits [E, ...] within each segment id; ids in [0, n)."""
+    mx = jax.lax.stop_gradient(jax.ops.segment_max(logits, segments, n))[segments]
+    ex = jnp.exp(logits - mx)
+    return logits - mx - jnp.log(jax.ops.segment_sum(ex, segments, n)[segments] + 1e-9)
+
+
 def segment_softmax(logits: jax.Array, segments: jax.Array, n: int) -> jax.Array:
-    """Softmax of logits [E, ...] within each segment id; ids in [0, n)."""
-    mx = jax.ops.segment_max(logits, segments, n)
-    ex = jnp.exp(logits - jax.lax.stop_gradient(mx)[segments])
-    return ex / (jax.ops.segment_sum(ex, segments, n)[segments] + 1e-9)
+    return jnp.exp(segment_log_softmax(logits, segments, n))
 
 
 def rope(x: jax.Array, pos: jax.Array) -> jax.Array:

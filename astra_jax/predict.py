@@ -22,9 +22,8 @@ def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[
     for i in range(0, len(traces), cfg.batch_size):
         chunk_t, chunk_f = traces[i:i + cfg.batch_size], feats[i:i + cfg.batch_size]
         b = pack_batch(chunk_f, [labels_of(t) for t in chunk_t], cfg.batch_size)
-        _, pred, res = eval_step(params, b)
+        _, pred, _ = eval_step(params, b)
         pred = jax.tree_util.tree_map(np.asarray, pred)
-        step_logit = np.asarray(res.step_logit)
         node_offset = agent_offset = 0
         for gi, (t, f) in enumerate(zip(chunk_t, chunk_f)):
             g = f.graph
@@ -35,11 +34,10 @@ def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[
                 local = a - agent_offset
                 steps = [s for s in range(len(t.steps)) if g.step_agent[s] == local]
                 nodes = node_offset + g.step_node[steps]
-                ranked = sorted(zip(steps, pred["step_p"][nodes].tolist(),
-                                    step_logit[nodes].tolist()), key=lambda x: -x[1])
+                ranked = sorted(zip(steps, pred["step_p"][nodes].tolist()), key=lambda x: -x[1])
                 agents.append({"agent": g.agents[local], "score": float(pred["agent_p"][a]),
                                "steps": [{"step": int(s), "score": float(p)}
-                                         for s, p, _ in ranked]})
+                                         for s, p in ranked]})
             out.append({"schema": CANDIDATES_SCHEMA, "trace_id": t.trace_id,
                         "failure_prob": float(pred["fail_p"][gi]),
                         "uncertainty": float(pred["uncertainty"][gi]),

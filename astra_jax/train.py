@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from astra_jax.batching import Batch, labels_of, pack_batch
 from astra_jax.features import Featurised
-from astra_jax.model import AstraMoE, ModelConfig, Outputs
+from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
 from data_gen.trace import Trace
 
 
@@ -54,12 +54,6 @@ class State(train_state.TrainState):
 
 
 COMPILES = {"train": 0, "eval": 0}  # incremented at trace time: one per compilation
-
-
-def segment_log_softmax(logits: jax.Array, seg: jax.Array, n: int) -> jax.Array:
-    mx = jax.lax.stop_gradient(jax.ops.segment_max(logits, seg, n))
-    ex = jnp.exp(logits - mx[seg])
-    return logits - mx[seg] - jnp.log(jax.ops.segment_sum(ex, seg, n)[seg] + 1e-9)
 
 
 def losses(out: Outputs, b: Batch) -> dict[str, jax.Array]:

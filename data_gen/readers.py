@@ -157,18 +157,14 @@ def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Tra
             trace = from_whowhen(raw.data, fmt, max_chars)
             stem = Path(raw.source).stem
             tid = stem if raw.record is None else f"{stem}:{raw.record}"
-            trace = _replace(trace, trace_id=tid)
+            trace = dataclasses.replace(trace, trace_id=tid)
         warnings = check_trace(trace)
     except TraceError as e:
         raise e.located(raw.source, raw.record) from None
     src = dict(trace.source, path=raw.source)
     if raw.record is not None:
         src["record"] = raw.record
-    return _replace(trace, source=src), warnings
-
-
-def _replace(trace: Trace, **kw) -> Trace:
-    return dataclasses.replace(trace, **kw)
+    return dataclasses.replace(trace, source=src), warnings
 
 
 @dataclass
