@@ -20,6 +20,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--d-model", type=int, default=128)
     t.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig field, e.g. shards=8, warmup_steps=10, model.heads=8")
+    t.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() (see docs/coarse_stage.md)")
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="write top-K candidates JSONL (astra.candidates/v1)")
@@ -46,11 +50,19 @@ def _load(paths: list[Path]):
 def cmd_train(args: argparse.Namespace) -> int:
     from astra_jax.features import featurise, make_embedder
     from astra_jax.model import ModelConfig
-    from astra_jax.train import TrainConfig, train
+    from astra_jax.train import TrainConfig, override, train
 
+    if args.distributed:
+        import jax
+        jax.distributed.initialize()
     cfg = TrainConfig(model=ModelConfig(d_model=args.d_model), epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       embedder=args.embedder)
+    try:
+        cfg = override(cfg, args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tr, va = _load(args.data), _load(args.val)
     if not tr or not va:
         print("error: no valid training or validation traces", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from astra_jax.features import Featurised
@@ -51,17 +52,29 @@ def labels_of(trace: Trace) -> tuple[int, int, int, int]:
     return trace.label.step, agent, failed, mode
 
 
-def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
-               batch_size: int, node_floor: int = 512, edge_floor: int = 2048,
-               agent_floor: int = 64) -> Batch:
-    if not 0 < len(items) <= batch_size:
-        raise ValueError(f"need 1..{batch_size} traces, got {len(items)}")
+Sizes = tuple[int, int, int]  # padded (nodes, edges, agents)
+NODE_FLOOR, EDGE_FLOOR, AGENT_FLOOR = 512, 2048, 64
+
+
+def bucket_sizes(items: list[Featurised]) -> Sizes:
+    """The smallest bucket (nodes, edges, agents) that holds `items` plus one padding slot."""
     n_real = sum(len(f.graph.node_type) for f in items)
     e_real = sum(len(f.graph.senders) for f in items)
     a_real = sum(len(f.graph.agents) for f in items)
-    N, E = bucket(n_real + 1, node_floor), bucket(e_real + 1, edge_floor)
-    A, G = bucket(a_real + 1, agent_floor), batch_size + 1
-    dt, dm = items[0].step_text.shape[1], items[0].meta.shape[1]
+    return (bucket(n_real + 1, NODE_FLOOR), bucket(e_real + 1, EDGE_FLOOR),
+            bucket(a_real + 1, AGENT_FLOOR))
+
+
+def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
+               batch_size: int, sizes: Sizes | None = None,
+               dims: tuple[int, int] | None = None) -> Batch:
+    """Pack up to `batch_size` traces; `sizes` forces a bucket and `dims` (text, meta widths)
+    allows an empty, all-padding batch (a data-parallel shard with nothing left to take)."""
+    if len(items) > batch_size or (not items and dims is None):
+        raise ValueError(f"need 1..{batch_size} traces, got {len(items)}")
+    N, E, A = sizes or bucket_sizes(items)
+    G = batch_size + 1
+    dt, dm = dims or (items[0].step_text.shape[1], items[0].meta.shape[1])
     text, meta = np.zeros((N, dt), np.float32), np.zeros((N, dm), np.float32)
     ntype, nstep = np.zeros(N, np.int32), np.zeros(N, np.int32)
     ngraph = np.full(N, G - 1, np.int32)
@@ -98,3 +111,19 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
                               globals=None)
     return Batch(graph, nstep, ngraph, step_mask, nagent, agraph, amask, emask, gmask, tnode,
                  tagent, lmask, failed, mode, mmask)
+
+
+def pack_shards(items: list[Featurised], labels: list[tuple[int, int, int, int]],
+                batch_size: int, shards: int, dims: tuple[int, int],
+                local: range | None = None) -> Batch:
+    """Split a global batch into `shards` equal sub-batches padded to one common bucket and stack
+    the ones in `local` (default: all) on a leading axis: the data-parallel layout. Every process
+    of a multi-host run computes the same bucket, so the global array has one shape."""
+    if batch_size % shards:
+        raise ValueError(f"batch size {batch_size} is not divisible by {shards} shards")
+    per = batch_size // shards
+    parts = [(items[i:i + per], labels[i:i + per]) for i in range(0, per * shards, per)]
+    sizes = tuple(max(s) for s in zip(*(bucket_sizes(p) for p, _ in parts)))
+    local = local if local is not None else range(shards)
+    packed = [pack_batch(*parts[i], per, sizes, dims) for i in local]
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *packed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from astra_jax.batching import Batch, labels_of, pack_batch
+from astra_jax.batching import Batch, labels_of, pack_batch, pack_shards
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
 from data_gen.trace import Trace
@@ -47,6 +49,7 @@ class TrainConfig:
     w_balance: float = 0.01
     w_evidence: float = 0.01
     embedder: str = "hashing"
+    shards: int = 0  # data-parallel sub-batches per global batch; 0: one per device
 
 
 class State(train_state.TrainState):
@@ -56,23 +59,31 @@ class State(train_state.TrainState):
 COMPILES = {"train": 0, "eval": 0}  # incremented at trace time: one per compilation
 
 
-def losses(out: Outputs, b: Batch) -> dict[str, jax.Array]:
+def loss_terms(out: Outputs, b: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Each loss as (sum, count), so that shards of a data-parallel batch add up to exactly the
+    loss of the whole batch."""
     G = b.graph_mask.shape[0]
     lm = b.label_mask
-    n_lab = jnp.maximum(lm.sum(), 1.0)
     step_lp = segment_log_softmax(out.step_logit, b.node_graph, G)
-    step_ce = -(step_lp[b.target_node] * lm).sum() / n_lab
     agent_lp = segment_log_softmax(out.agent_logit, b.agent_graph, G)
-    agent_ce = -(agent_lp[b.target_agent] * lm).sum() / n_lab
-    mode_ce = (optax.softmax_cross_entropy_with_integer_labels(out.mode_logit, b.mode)
-               * b.mode_mask).sum() / jnp.maximum(b.mode_mask.sum(), 1.0)
-    fail_bce = (optax.sigmoid_binary_cross_entropy(out.fail_logit, b.failed)
-                * b.graph_mask).sum() / jnp.maximum(b.graph_mask.sum(), 1.0)
+    mode_ce = optax.softmax_cross_entropy_with_integer_labels(out.mode_logit, b.mode)
+    fail_bce = optax.sigmoid_binary_cross_entropy(out.fail_logit, b.failed)
     labelled_node = lm[b.node_graph] * b.step_mask
     wrong = labelled_node.at[b.target_node].multiply(1.0 - lm)
-    evid = (out.evidence * wrong).sum() / jnp.maximum(wrong.sum(), 1.0)
-    return {"step_ce": step_ce, "agent_ce": agent_ce, "mode_ce": mode_ce, "fail_bce": fail_bce,
-            "balance": out.balance_loss, "evidence": evid}
+    return {"step_ce": (-(step_lp[b.target_node] * lm).sum(), lm.sum()),
+            "agent_ce": (-(agent_lp[b.target_agent] * lm).sum(), lm.sum()),
+            "mode_ce": ((mode_ce * b.mode_mask).sum(), b.mode_mask.sum()),
+            "fail_bce": ((fail_bce * b.graph_mask).sum(), b.graph_mask.sum()),
+            "balance": (out.balance_loss, jnp.ones(())),
+            "evidence": ((out.evidence * wrong).sum(), wrong.sum())}
+
+
+def reduce_terms(terms: dict[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
+    return {k: num.sum() / jnp.maximum(den.sum(), 1.0) for k, (num, den) in terms.items()}
+
+
+def losses(out: Outputs, b: Batch) -> dict[str, jax.Array]:
+    return reduce_terms(loss_terms(out, b))
 
 
 def total_loss(parts: dict[str, jax.Array], cfg: TrainConfig) -> jax.Array:
@@ -106,13 +117,20 @@ def make_steps(cfg: TrainConfig):
     model = AstraMoE(cfg.model)
 
     def train_step(state: State, b: Batch):
+        """`b` is a stack of shards (leading axis); under a data mesh each device runs its own."""
         COMPILES["train"] += 1
+        n_shards = b.graph_mask.shape[0]
         rng, drop, route = jax.random.split(state.rng, 3)
+        drop, route = jax.random.split(drop, n_shards), jax.random.split(route, n_shards)
+
+        def shard_terms(params, bs, d, r):
+            out = model.apply({"params": params}, bs, deterministic=False,
+                              rngs={"dropout": d, "router": r})
+            return loss_terms(out, bs)
 
         def loss_fn(params):
-            out = model.apply({"params": params}, b, deterministic=False,
-                              rngs={"dropout": drop, "router": route})
-            parts = losses(out, b)
+            terms = jax.vmap(shard_terms, (None, 0, 0, 0))(params, b, drop, route)
+            parts = reduce_terms(terms)
             return total_loss(parts, cfg), parts
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -147,14 +165,49 @@ def batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.n
         yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size), ix
 
 
-def evaluate(params, eval_step, items, labels, cfg: TrainConfig) -> dict[str, float]:
+def data_mesh() -> Mesh:
+    """One mesh axis, "data", over every device of every process."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def resolve_shards(cfg: TrainConfig, mesh: Mesh) -> int:
+    shards = cfg.shards or mesh.size
+    if shards % mesh.size or shards % jax.process_count():
+        raise ValueError(f"{shards} shards cannot be split over {mesh.size} devices in "
+                         f"{jax.process_count()} processes; use a multiple of {mesh.size}")
+    return shards
+
+
+def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray,
+                    mesh: Mesh, shards: int) -> Iterator[Batch]:
+    """Global batches laid out over the mesh: each process packs only its own shards and
+    `make_array_from_process_local_data` assembles the global array (one process: all)."""
+    per_proc = shards // jax.process_count()
+    local = range(jax.process_index() * per_proc, (jax.process_index() + 1) * per_proc)
+    dims = (items[0].step_text.shape[1], items[0].meta.shape[1])
+    spec = NamedSharding(mesh, P("data"))
+    for i in range(0, len(order), cfg.batch_size):
+        ix = order[i:i + cfg.batch_size].tolist()
+        b = pack_shards([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size, shards,
+                        dims, local)
+        yield jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(spec, x), b)
+
+
+def replicated(tree, mesh: Mesh):
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(x)),
+        tree)
+
+
+def evaluate(params, eval_step, items, labels, cfg: TrainConfig, mesh: Mesh | None = None
+             ) -> dict[str, float]:
     """Strict agent and step accuracy, top-3 agent recall and ECE over labelled failed traces."""
     hits_a = hits_s = top3 = n = 0
     conf, correct = [], []
     loss_sum = 0.0
     nb = 0
     for b, ix in batches(items, labels, cfg, np.arange(len(items))):
-        metrics, pred, _ = eval_step(params, b)
+        metrics, pred, _ = eval_step(params, replicated(b, mesh) if mesh else b)
         loss_sum, nb = loss_sum + float(metrics["loss"]), nb + 1
         pred = jax.tree_util.tree_map(np.asarray, pred)
         for gi, j in enumerate(ix):
@@ -202,7 +255,10 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     va_labels = [labels_of(t) for t in val_traces]
     steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
     sample = pack_batch(train_feats[:cfg.batch_size], tr_labels[:cfg.batch_size], cfg.batch_size)
-    state = init_state(cfg, sample, steps_per_epoch * cfg.epochs)
+    mesh = data_mesh()
+    shards = resolve_shards(cfg, mesh)
+    state = jax.device_put(init_state(cfg, sample, steps_per_epoch * cfg.epochs),
+                           NamedSharding(mesh, P()))
     _, train_step, eval_step = make_steps(cfg)
     mngr = checkpoint_manager(out_dir)
     start_epoch = 0
@@ -210,15 +266,18 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
         state, start_epoch = restored, int(mngr.latest_step())
         print(f"resuming from epoch {start_epoch}", file=sys.stderr)
-    log = (out_dir / "metrics.jsonl").open("a")
+        keep_log_until(out_dir / "metrics.jsonl", start_epoch)
+    lead = jax.process_index() == 0  # one process of a multi-host run writes the log
+    log = (out_dir / "metrics.jsonl").open("a") if lead else open(os.devnull, "w")
     best: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_feats))
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        bar = tqdm(batches(train_feats, tr_labels, cfg, order), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, file=sys.stderr)
-        for b, _ in bar:
+        bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, file=sys.stderr)
+        for b in bar:
             state, m = train_step(state, b)
             loss = float(m["loss"])
             if not math.isfinite(loss):
@@ -230,10 +289,11 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{loss:.3f}")
         train_m = {k: v / steps_per_epoch for k, v in sums.items()}
-        val_m = evaluate(state.params, eval_step, val_feats, va_labels, cfg)
+        val_m = evaluate(state.params, eval_step, val_feats, va_labels, cfg, mesh)
         rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                **{f"train_{k}": v for k, v in train_m.items()},
-               **{f"val_{k}": v for k, v in val_m.items()}, "compiles": dict(COMPILES)}
+               **{f"val_{k}": v for k, v in val_m.items()}, "compiles": dict(COMPILES),
+               "devices": mesh.size, "shards": shards}
         log.write(json.dumps(rec) + "\n")
         log.flush()
         mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
@@ -241,13 +301,29 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         mngr.wait_until_finished()
         if not best or val_m["step_acc"] >= best.get("val_step_acc", -1):
             best = rec
-        if progress:
+        if progress and lead:
             print(f"epoch {epoch + 1}: loss {train_m['loss']:.3f}  val agent "
                   f"{val_m['agent_acc']:.3f}  step {val_m['step_acc']:.3f}  top3 "
                   f"{val_m['agent_top3']:.3f}  ece {val_m['ece']:.3f}", file=sys.stderr)
     log.close()
     mngr.close()
     return {"state": state, "best": best}
+
+
+def keep_log_until(path: Path, epoch: int) -> None:
+    """A run killed between logging an epoch and checkpointing it, or mid-line, leaves records
+    past its last checkpoint; drop them so the resumed run's log is one clean curve."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("epoch", 0) <= epoch:
+            kept.append(line)
+    path.write_text("".join(f"{x}\n" for x in kept))
 
 
 def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "best"):
@@ -259,6 +335,31 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     state = mngr.restore(step, args=ocp.args.StandardRestore(target))
     mngr.close()
     return state.params, step
+
+
+def override(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
+    """Apply `key=value` settings (`epochs=4`, `model.d_model=64`), converting each value to the
+    field's type; an unknown key or a bad value names itself."""
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"setting {item!r}: expected KEY=VALUE")
+        path = key.strip().split(".")
+        if len(path) > 2 or (len(path) == 2 and path[0] != "model"):
+            raise ValueError(f"setting {item!r}: unknown key {key!r}")
+        target = cfg.model if len(path) == 2 else cfg
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if path[-1] not in fields or path[-1] == "model":
+            raise ValueError(f"setting {item!r}: unknown key {key!r}; known: "
+                             f"{', '.join(sorted(fields))}")
+        kind = type(getattr(target, path[-1]))
+        try:
+            value = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise ValueError(f"setting {item!r}: {raw!r} is not a valid {kind.__name__}") from None
+        new = dataclasses.replace(target, **{path[-1]: value})
+        cfg = dataclasses.replace(cfg, model=new) if len(path) == 2 else new
+    return cfg
 
 
 def config_from_dir(run_dir: Path) -> TrainConfig:
