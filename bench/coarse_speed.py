@@ -1,0 +1,143 @@
+"""Coarse-stage throughput: training traces/s batched vs one trace at a time, prediction
+traces/s, compile count, peak memory, and the latency of attributing one 100-step trace.
+
+    python bench/coarse_speed.py [--tasks 120] [--batch-size 16]
+
+Model: the default ModelConfig (d_model 128, 4 heads, 2 spatial + 2 temporal layers, 4 experts).
+Every figure is taken after a warm-up pass that compiles each size bucket, so it measures steady
+state; compile counts are reported separately.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from astra_cli.table import format_table  # noqa: E402
+from astra_jax.batching import labels_of, pack_batch, pack_shards  # noqa: E402
+from astra_jax.features import HashingEmbedder, featurise  # noqa: E402
+from astra_jax.train import COMPILES, TrainConfig, init_state, make_steps  # noqa: E402
+from data_gen.sim.generate import GenConfig, generate  # noqa: E402
+from data_gen.trace import Step, Task, Trace  # noqa: E402
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_rate(feats, labels, batch_size: int, exact: bool = False
+               ) -> tuple[float, float, int]:
+    """Training traces/s over the first pass (compilation included) and over a second pass
+    (steady state), and the compilations it took. `exact` packs each batch to its own exact size
+    instead of a bucket: what a loop without bucketing compiles."""
+    cfg = TrainConfig(batch_size=batch_size)
+    before = COMPILES["train"]
+    _, train_step, _ = make_steps(cfg)
+    dims = (feats[0].step_text.shape[1], feats[0].meta.shape[1])
+    packed = []
+    for i in range(0, len(feats), batch_size):
+        f, lab = feats[i:i + batch_size], labels[i:i + batch_size]
+        if exact:
+            sizes = (sum(len(x.graph.node_type) for x in f) + 1,
+                     sum(len(x.graph.senders) for x in f) + 1, sum(len(x.graph.agents) for x in f) + 1)
+            b = pack_batch(f, lab, batch_size, sizes, dims)
+            packed.append(jax.tree_util.tree_map(lambda x: x[None], b))
+        else:
+            packed.append(pack_shards(f, lab, batch_size, 1, dims))
+    state = init_state(cfg, pack_batch(feats[:batch_size], labels[:batch_size], batch_size), 100)
+    rates = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for b in packed:
+            state, m = train_step(state, b)
+        jax.block_until_ready(m)
+        rates.append(len(feats) / (time.perf_counter() - t0))
+    return rates[0], rates[1], COMPILES["train"] - before
+
+
+def long_trace(n_steps: int, source: list[Trace]) -> Trace:
+    pool = [s for t in source for s in t.steps]
+    agents = sorted({s.agent for s in pool})[:4]
+    steps = tuple(Step(i, agents[i % len(agents)], pool[i % len(pool)].content)
+                  for i in range(n_steps))
+    return Trace(f"long-{n_steps}", Task("a long run"), steps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=120)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--exact-traces", type=int, default=24,
+                    help="traces for the exact-shape variant (it compiles once per trace)")
+    args = ap.parse_args()
+    traces = [t for r in generate(GenConfig(n_tasks=args.tasks, seed=0, workers=1))
+              for t in r.traces]
+    emb = HashingEmbedder()
+    feats = featurise(traces, emb)
+    labels = [labels_of(t) for t in traces]
+    steps = [len(t.steps) for t in traces]
+    print(f"{len(traces)} simulated traces, {np.mean(steps):.1f} steps on average "
+          f"(max {max(steps)}); devices: {jax.devices()}", file=sys.stderr)
+
+    rows = []
+    first_batched, batched, c = train_rate(feats, labels, args.batch_size)
+    rows.append((f"train, batches of {args.batch_size}, bucketed", len(feats), first_batched, batched, c,
+                 peak_mib()))
+    first_single, single, c = train_rate(feats, labels, 1)
+    rows.append(("train, one trace at a time, bucketed", len(feats), first_single, single, c,
+                 peak_mib()))
+    few = feats[:args.exact_traces]
+    first_exact, single_exact, c = train_rate(few, labels[:len(few)], 1, exact=True)
+    rows.append(("train, one trace at a time, exact shapes", len(few), first_exact, single_exact,
+                 c, peak_mib()))
+    cfg = TrainConfig(batch_size=args.batch_size)
+    sample = pack_batch(feats[:args.batch_size], labels[:args.batch_size], args.batch_size)
+    params = init_state(cfg, sample, 2).params
+    _, _, eval_step = make_steps(cfg)
+    before = COMPILES["eval"]
+    packed = [pack_batch(feats[i:i + args.batch_size], labels[i:i + args.batch_size],
+                         args.batch_size) for i in range(0, len(feats), args.batch_size)]
+    for b in packed:
+        jax.block_until_ready(eval_step(params, b)[1])
+    t0 = time.perf_counter()
+    for b in packed:
+        jax.block_until_ready(eval_step(params, b)[1])
+    rows.append((f"predict, batches of {args.batch_size}, bucketed", len(feats), "-",
+                 len(feats) / (time.perf_counter() - t0), COMPILES["eval"] - before, peak_mib()))
+
+    lt = long_trace(100, traces)
+    one_cfg = TrainConfig(batch_size=1)
+    _, _, one_step = make_steps(one_cfg)
+    lat_model, lat_full = [], []
+    for i in range(25):
+        t0 = time.perf_counter()
+        f = featurise([lt], emb)
+        b = pack_batch(f, [labels_of(lt)], 1)
+        t1 = time.perf_counter()
+        jax.block_until_ready(one_step(params, b)[1])
+        t2 = time.perf_counter()
+        if i >= 5:  # after warm-up
+            lat_model.append(t2 - t1)
+            lat_full.append(t2 - t0)
+    print(format_table(("workload", "traces", "first pass traces/s (incl. compiling)",
+                        "steady traces/s", "compiles", "peak RSS MiB"), rows))
+    print(f"\nbatched training over one trace at a time: {batched / single:.1f}x steady "
+          f"(bucketed), {batched / single_exact:.1f}x steady (exact shapes), "
+          f"{first_batched / first_exact:.1f}x over a first pass with exact shapes")
+    print(format_table(
+        ("100-step trace, after warm-up", "median ms", "max ms"),
+        [("model only (packed batch in, scores out)", 1e3 * statistics.median(lat_model),
+          1e3 * max(lat_model)),
+         ("end to end (features + packing + model)", 1e3 * statistics.median(lat_full),
+          1e3 * max(lat_full))]))
+
+
+if __name__ == "__main__":
+    main()
