@@ -1,0 +1,206 @@
+"""`astra-llm`: the fine stage from the command line (prep, finetune, localize, serve, tiny)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from data_gen.readers import load_traces
+
+
+def _traces(paths: list[Path]):
+    report = load_traces(paths)
+    for e in report.errors:
+        print(f"skipped (invalid): {e}", file=sys.stderr)
+    return report.traces
+
+
+def _candidates(path: Path | None) -> dict[str, dict]:
+    if path is None:
+        return {}
+    from llm_stage.localize import read_candidates
+    rows, bad = read_candidates(path)
+    for b in bad:
+        print(f"skipped (invalid candidates): {b}", file=sys.stderr)
+    return rows
+
+
+def make_backend(args: argparse.Namespace):
+    """A local model (--model DIR [--adapter DIR]) or an endpoint (--llm-url URL)."""
+    from data_gen.chat_client import ChatConfig
+    from llm_stage.backends import EndpointBackend, LocalBackend
+    if args.model:
+        if args.adapter:
+            from llm_stage.finetune import check_adapter
+            check_adapter(args.adapter)
+        return LocalBackend(args.model, args.adapter)
+    cfg = ChatConfig.from_env(url=args.llm_url, model=args.llm_model)
+    if not cfg.url:
+        raise SystemExit("error: give --model DIR (local) or --llm-url URL (endpoint)")
+    return EndpointBackend(cfg)
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="local model directory (e.g. a Qwen3-8B download)")
+    p.add_argument("--adapter", help="LoRA adapter directory from `astra-llm finetune`")
+    p.add_argument("--llm-url", help="OpenAI-compatible endpoint base URL, e.g. "
+                                     "http://localhost:8000/v1 (or ASTRA_LLM_URL)")
+    p.add_argument("--llm-model", help="model name to send to the endpoint (or ASTRA_LLM_MODEL)")
+
+
+def cmd_prep(args) -> int:
+    from llm_stage.sft import sft_rows
+    counter = _counter(args.tokenizer)
+    train, held, skipped = sft_rows(_traces(args.traces), _candidates(args.candidates),
+                                    args.budget, counter, args.top_k, args.held_out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.jsonl", train), ("heldout.jsonl", held)):
+        (args.out / name).write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    for s in skipped:
+        print(f"skipped: {s}", file=sys.stderr)
+    print(f"wrote {len(train)} training and {len(held)} held-out rows to {args.out} "
+          f"({len(skipped)} skipped)")
+    return 0
+
+
+def _counter(tokenizer: str | None):
+    from llm_stage.prompts import approx_tokens
+    if not tokenizer:
+        return approx_tokens
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    return lambda text: len(tok(text, add_special_tokens=False).input_ids)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+
+
+def cmd_finetune(args) -> int:
+    from llm_stage.finetune import FinetuneConfig, finetune
+    cfg = FinetuneConfig(base_model=args.base_model, out_dir=str(args.out), epochs=args.epochs,
+                         max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
+                         grad_accum=args.grad_accum, r=args.r, alpha=args.alpha,
+                         dropout=args.dropout, target_modules=tuple(args.target_modules),
+                         max_length=args.max_length,
+                         gradient_checkpointing=not args.no_gradient_checkpointing)
+    held = _rows(args.data / "heldout.jsonl") if (args.data / "heldout.jsonl").exists() else []
+    metrics = finetune(cfg, _rows(args.data / "train.jsonl"), held)
+    print(json.dumps(metrics, indent=1))
+    print(f"adapter saved to {args.out / 'adapter'}")
+    return 0
+
+
+def cmd_localize(args) -> int:
+    from llm_stage.localize import localize
+    traces = _traces(args.traces)
+    backend = make_backend(args)
+    n = failed = 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", encoding="utf-8") as f:
+        for v in localize(traces, _candidates(args.candidates), backend, args.strategy,
+                          args.budget, args.top_k, total=len(traces)):
+            if isinstance(v, str):
+                failed += 1
+                print(f"skipped: {v}", file=sys.stderr)
+                continue
+            n += 1
+            f.write(json.dumps(v) + "\n")
+            f.flush()
+    print(f"wrote {n} verdicts to {args.out}" + (f" ({failed} traces failed)" if failed else ""))
+    return 0 if n else 1
+
+
+def cmd_serve(args) -> int:
+    from llm_stage.server import ServerConfig, make_server
+    backend = make_backend(args)
+    server = make_server(backend, ServerConfig(host=args.host, port=args.port,
+                                               max_body=args.max_body_mb * 1024 * 1024))
+    print(f"serving {backend.name} on http://{args.host}:{server.server_port} "
+          "(POST /v1/chat/completions, POST /v1/localize)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    server.server_close()
+    return 0
+
+
+def cmd_tiny(args) -> int:
+    from llm_stage.tiny import build_tiny_model
+    texts = [s.content for t in _traces(args.traces) for s in t.steps]
+    out = build_tiny_model(args.out, texts, pretrain_steps=args.pretrain_steps)
+    print(f"tiny Qwen3 model written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llm_stage.strategies import STRATEGIES
+    ap = argparse.ArgumentParser(prog="astra-llm", description="ASTRA-JAX fine stage")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prep", help="labelled traces + candidates → chat SFT JSONL")
+    p.add_argument("traces", nargs="+", type=Path)
+    p.add_argument("--candidates", type=Path, help="candidates JSONL (default: heuristic ranker)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--budget", type=int, default=4096, help="prompt token budget")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--held-out", type=float, default=0.1)
+    p.add_argument("--tokenizer", help="count tokens with this model directory's tokenizer")
+    p.set_defaults(func=cmd_prep)
+
+    p = sub.add_parser("finetune", help="LoRA fine-tuning on `prep` output")
+    p.add_argument("data", type=Path, help="directory with train.jsonl (and heldout.jsonl)")
+    p.add_argument("--base-model", required=True, help="local model directory, e.g. Qwen3-8B")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=8)
+    p.add_argument("--r", type=int, default=16)
+    p.add_argument("--alpha", type=int, default=32)
+    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--target-modules", nargs="+", default=["q_proj", "k_proj", "v_proj",
+                   "o_proj", "gate_proj", "up_proj", "down_proj"])
+    p.add_argument("--max-length", type=int, default=6144)
+    p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("localize", help="traces + candidates → verdicts JSONL")
+    p.add_argument("traces", nargs="+", type=Path)
+    p.add_argument("--candidates", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="coarse-to-fine")
+    p.add_argument("--budget", type=int, default=4096)
+    p.add_argument("--top-k", type=int, default=3)
+    _backend_args(p)
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("serve", help="HTTP server: /v1/chat/completions and /v1/localize")
+    _backend_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-body-mb", type=int, default=8)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("tiny", help="build a tiny local Qwen3-architecture model to try things")
+    p.add_argument("traces", nargs="+", type=Path, help="traces to train its tokenizer on")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pretrain-steps", type=int, default=200)
+    p.set_defaults(func=cmd_tiny)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
