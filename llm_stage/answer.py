@@ -17,8 +17,14 @@ VERDICT_SCHEMA = "astra.verdict/v1"
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 
 
+_AGENT = re.compile(r'"agent"\s*:\s*"([^"\n]{1,200})"')
+_STEP = re.compile(r'"step"\s*:\s*"?(\d{1,6})')
+
+
 def parse_answer(text: str, key: str = "agent") -> dict[str, Any] | None:
-    """The first JSON object in `text` with `key`, or None."""
+    """The first JSON object in `text` with `key`; failing that, for answers, the first
+    `"agent": "..."` and `"step": N` pairs of a malformed object (marked `salvaged`); or None.
+    The validator still checks whatever comes out against the trace."""
     text = _THINK.sub("", text)
     dec = json.JSONDecoder()
     for m in re.finditer(r"\{", text):
@@ -28,6 +34,9 @@ def parse_answer(text: str, key: str = "agent") -> dict[str, Any] | None:
             continue
         if isinstance(obj, dict) and key in obj:
             return obj
+    agent, step = _AGENT.search(text), _STEP.search(text)
+    if key == "agent" and agent and step:
+        return {"agent": agent.group(1), "step": int(step.group(1)), "salvaged": True}
     return None
 
 

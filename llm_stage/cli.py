@@ -86,7 +86,7 @@ def cmd_finetune(args) -> int:
                          max_length=args.max_length,
                          gradient_checkpointing=not args.no_gradient_checkpointing)
     held = _rows(args.data / "heldout.jsonl") if (args.data / "heldout.jsonl").exists() else []
-    metrics = finetune(cfg, _rows(args.data / "train.jsonl"), held)
+    metrics, _ = finetune(cfg, _rows(args.data / "train.jsonl"), held)
     print(json.dumps(metrics, indent=1))
     print(f"adapter saved to {args.out / 'adapter'}")
     return 0

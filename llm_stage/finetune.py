@@ -72,7 +72,8 @@ class Collator:
 
 
 def finetune(cfg: FinetuneConfig, train_rows: list[dict], eval_rows: list[dict],
-             progress: bool = True) -> dict:
+             progress: bool = True) -> tuple[dict, object]:
+    """Train, save the adapter; returns the metrics and the trained (peft) model."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
@@ -110,7 +111,8 @@ def finetune(cfg: FinetuneConfig, train_rows: list[dict], eval_rows: list[dict],
     result = trainer.train(resume_from_checkpoint=last)
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_rows": len(train_set), "skipped_too_long": len(enc) - len(train_set),
-               "resumed_from": last}
+               "resumed_from": last,
+               "loss_curve": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
     if eval_set:
         metrics["eval_loss"] = trainer.evaluate(eval_set)["eval_loss"]
     adapter = out / "adapter"
@@ -119,7 +121,7 @@ def finetune(cfg: FinetuneConfig, train_rows: list[dict], eval_rows: list[dict],
     (adapter / META_FILE).write_text(json.dumps(
         {"prompt_version": PROMPT_VERSION, "base_model": str(cfg.base_model),
          "config": dataclasses.asdict(cfg), "metrics": metrics}, indent=1))
-    return metrics
+    return metrics, model
 
 
 def check_adapter(adapter: str | Path) -> dict:

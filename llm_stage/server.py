@@ -2,7 +2,8 @@
 
     POST /v1/chat/completions   OpenAI-compatible chat completion
     POST /v1/localize           {"trace": <any supported trace format>, "candidates": {...},
-                                 "strategy"?: ..., "budget"?: ...}  →  a verdict
+                                 "trace_id"?: ..., "strategy"?: ..., "budget"?: ...}
+                                 →  a verdict (Who&When records carry no id of their own)
     GET  /health
 
 Requests are served by threads; generation is serialised by the backend's lock, and a request
@@ -94,7 +95,8 @@ def make_server(backend: Backend, cfg: ServerConfig = ServerConfig()) -> Threadi
             raise HTTPError(422, f"field 'strategy' must be one of {', '.join(STRATEGIES)}")
         budget = _field(body, "budget", int, cfg.budget)
         try:
-            trace, _ = read_record(RawRecord("request", None, record))
+            trace, _ = read_record(RawRecord(_field(body, "trace_id", str, "request"), None,
+                                             record))
         except TraceError as e:
             raise HTTPError(422, f"field 'trace': {e}") from None
         try:

@@ -69,6 +69,6 @@ def pretrain(model, tok, texts: list[str], steps: int, seq_len: int, seed: int,
         loss.backward()
         opt.step()
         opt.zero_grad()
-        curve.append(float(loss))
+        curve.append(loss.item())
     model.eval()
     return curve
