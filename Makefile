@@ -22,3 +22,5 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/gen_speed.py
+	$(BIN)/python bench/coarse_speed.py
+	$(BIN)/python bench/prompt_tokens.py
