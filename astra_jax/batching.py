@@ -56,13 +56,22 @@ Sizes = tuple[int, int, int]  # padded (nodes, edges, agents)
 NODE_FLOOR, EDGE_FLOOR, AGENT_FLOOR = 512, 2048, 64
 
 
+def exact_sizes(items: list[Featurised]) -> Sizes:
+    """(nodes, edges, agents) of `items` plus one padding slot each: no bucket."""
+    return (sum(len(f.graph.node_type) for f in items) + 1,
+            sum(len(f.graph.senders) for f in items) + 1,
+            sum(len(f.graph.agents) for f in items) + 1)
+
+
 def bucket_sizes(items: list[Featurised]) -> Sizes:
     """The smallest bucket (nodes, edges, agents) that holds `items` plus one padding slot."""
-    n_real = sum(len(f.graph.node_type) for f in items)
-    e_real = sum(len(f.graph.senders) for f in items)
-    a_real = sum(len(f.graph.agents) for f in items)
-    return (bucket(n_real + 1, NODE_FLOOR), bucket(e_real + 1, EDGE_FLOOR),
-            bucket(a_real + 1, AGENT_FLOOR))
+    n, e, a = exact_sizes(items)
+    return bucket(n, NODE_FLOOR), bucket(e, EDGE_FLOOR), bucket(a, AGENT_FLOOR)
+
+
+def feature_dims(f: Featurised) -> tuple[int, int]:
+    """(text embedding, metadata) widths."""
+    return f.step_text.shape[1], f.meta.shape[1]
 
 
 def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
@@ -74,7 +83,7 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
         raise ValueError(f"need 1..{batch_size} traces, got {len(items)}")
     N, E, A = sizes or bucket_sizes(items)
     G = batch_size + 1
-    dt, dm = dims or (items[0].step_text.shape[1], items[0].meta.shape[1])
+    dt, dm = dims or feature_dims(items[0])
     text, meta = np.zeros((N, dt), np.float32), np.zeros((N, dm), np.float32)
     ntype, nstep = np.zeros(N, np.int32), np.zeros(N, np.int32)
     ngraph = np.full(N, G - 1, np.int32)

@@ -4,13 +4,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from data_gen.trace import Trace
+from data_gen.trace import Trace, normalise_agent as norm
 
 
 def score_candidates(traces: list[Trace], cands: list[dict]) -> dict[str, float]:
     """Strict accuracy of the top candidate (DESIGN.md): agent name equality after normalising
     case and whitespace, exact step; every labelled trace counts."""
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
     by_id = {c["trace_id"]: c for c in cands}
     n = agent = step = top3 = step1 = step3 = 0
     for t in traces:

@@ -10,9 +10,7 @@ import numpy as np
 from astra_jax.batching import labels_of, pack_batch
 from astra_jax.features import Featurised
 from astra_jax.train import TrainConfig, make_steps
-from data_gen.trace import Trace
-
-CANDIDATES_SCHEMA = "astra.candidates/v1"
+from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
 
 def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[Featurised],

@@ -26,7 +26,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from astra_jax.batching import Batch, labels_of, pack_batch, pack_shards
+from astra_jax.batching import Batch, feature_dims, labels_of, pack_batch, pack_shards
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
 from data_gen.trace import Trace
@@ -184,7 +184,7 @@ def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, ord
     `make_array_from_process_local_data` assembles the global array (one process: all)."""
     per_proc = shards // jax.process_count()
     local = range(jax.process_index() * per_proc, (jax.process_index() + 1) * per_proc)
-    dims = (items[0].step_text.shape[1], items[0].meta.shape[1])
+    dims = feature_dims(items[0])
     spec = NamedSharding(mesh, P("data"))
     for i in range(0, len(order), cfg.batch_size):
         ix = order[i:i + cfg.batch_size].tolist()
@@ -348,7 +348,7 @@ def override(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
         if len(path) > 2 or (len(path) == 2 and path[0] != "model"):
             raise ValueError(f"setting {item!r}: unknown key {key!r}")
         target = cfg.model if len(path) == 2 else cfg
-        fields = {f.name: f for f in dataclasses.fields(target)}
+        fields = {f.name for f in dataclasses.fields(target)}
         if path[-1] not in fields or path[-1] == "model":
             raise ValueError(f"setting {item!r}: unknown key {key!r}; known: "
                              f"{', '.join(sorted(fields))}")

@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.table import format_table  # noqa: E402
-from astra_jax.batching import labels_of, pack_batch, pack_shards  # noqa: E402
+from astra_jax.batching import (exact_sizes, feature_dims, labels_of, pack_batch,  # noqa: E402
+                                pack_shards)
 from astra_jax.features import HashingEmbedder, featurise  # noqa: E402
 from astra_jax.train import COMPILES, TrainConfig, init_state, make_steps  # noqa: E402
 from data_gen.sim.generate import GenConfig, generate  # noqa: E402
@@ -40,14 +41,12 @@ def train_rate(feats, labels, batch_size: int, exact: bool = False
     cfg = TrainConfig(batch_size=batch_size)
     before = COMPILES["train"]
     _, train_step, _ = make_steps(cfg)
-    dims = (feats[0].step_text.shape[1], feats[0].meta.shape[1])
+    dims = feature_dims(feats[0])
     packed = []
     for i in range(0, len(feats), batch_size):
         f, lab = feats[i:i + batch_size], labels[i:i + batch_size]
         if exact:
-            sizes = (sum(len(x.graph.node_type) for x in f) + 1,
-                     sum(len(x.graph.senders) for x in f) + 1, sum(len(x.graph.agents) for x in f) + 1)
-            b = pack_batch(f, lab, batch_size, sizes, dims)
+            b = pack_batch(f, lab, batch_size, exact_sizes(f), dims)
             packed.append(jax.tree_util.tree_map(lambda x: x[None], b))
         else:
             packed.append(pack_shards(f, lab, batch_size, 1, dims))

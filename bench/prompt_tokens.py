@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.table import format_table  # noqa: E402
 from data_gen.readers import load_traces  # noqa: E402
-from llm_stage.cli import _counter  # noqa: E402
+from llm_stage.backends import token_counter  # noqa: E402
 from llm_stage.localize import read_candidates  # noqa: E402
 from llm_stage.prompts import focused_prompt, full_prompt  # noqa: E402
 from llm_stage.ranker import heuristic_candidates  # noqa: E402
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=4096)
     args = ap.parse_args()
     traces = [t for t in load_traces(args.data).traces if t.label]
-    count = _counter(args.tokenizer)
+    count = token_counter(args.tokenizer)
     cands = read_candidates(args.candidates)[0] if args.candidates else {}
     full = [full_prompt(t, 1 << 20, count).tokens for t in traces]
     rows = [("all-at-once", "-", statistics.mean(full), statistics.median(full), 1.0, 1.0, 1.0,

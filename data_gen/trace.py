@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = "astra.trace/v1"
+CANDIDATES_SCHEMA = "astra.candidates/v1"  # the coarse → fine contract (DESIGN.md)
 STEP_KINDS = ("message", "thought", "tool_call", "tool_result")
 FAULT_MODES = (
     "role_violation",
@@ -29,6 +30,11 @@ FAULT_MODES = (
 VARIANTS = ("golden", "fatal", "healed")
 TOOL_STATUSES = ("ok", "error")
 MAX_CONTENT_CHARS = 2_000_000
+
+
+def normalise_agent(name: str) -> str:
+    """Agent names compare equal after normalising case and whitespace only (DESIGN.md)."""
+    return " ".join(str(name).split()).lower()
 
 
 class TraceError(ValueError):

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from data_gen.trace import FAULT_MODES, Trace
+from data_gen.trace import FAULT_MODES, Trace, normalise_agent as norm
 
 VERDICT_SCHEMA = "astra.verdict/v1"
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
@@ -38,10 +38,6 @@ def parse_answer(text: str, key: str = "agent") -> dict[str, Any] | None:
     if key == "agent" and agent and step:
         return {"agent": agent.group(1), "step": int(step.group(1)), "salvaged": True}
     return None
-
-
-def norm(name: str) -> str:
-    return " ".join(str(name).split()).lower()
 
 
 def validate_answer(obj: dict[str, Any] | None, trace: Trace) -> tuple[dict[str, Any] | None, str]:

@@ -8,7 +8,7 @@ are reproducible, and the answer's mean token probability is returned as its con
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +31,24 @@ class Backend(Protocol):
     def complete(self, messages: list[dict[str, str]], max_tokens: int = 256) -> Completion: ...
 
 
+def count_with(tokenizer) -> TokenCounter:
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def token_counter(tokenizer_dir: str | Path | None) -> TokenCounter:
+    """Tokens by the tokenizer of a model directory, or the 4-characters estimate without one."""
+    if not tokenizer_dir:
+        return approx_tokens
+    from transformers import AutoTokenizer
+    return count_with(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The model's own chat template up to the assistant turn, thinking off (Qwen3)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=False)
+
+
 def torch_dtype(device: str):
     import torch
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
@@ -51,6 +69,7 @@ class LocalBackend:
             raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.count = count_with(self.tokenizer)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(self.device))
         if adapter is not None:
             from peft import PeftModel
@@ -59,14 +78,9 @@ class LocalBackend:
         self.name = f"local:{model_dir.name}" + (f"+{Path(adapter).name}" if adapter else "")
         self._lock = threading.Lock()  # one generation at a time; callers queue on it
 
-    def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
-
     def prompt_ids(self, messages: list[dict[str, str]]):
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=True,
-                                                  enable_thinking=False)
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        return self.tokenizer(chat_prompt(self.tokenizer, messages), add_special_tokens=False,
+                              return_tensors="pt").input_ids
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int = 256) -> Completion:
         import torch
@@ -89,12 +103,10 @@ class EndpointBackend:
     `astra-llm serve`. Greedy (temperature 0)."""
 
     def __init__(self, cfg: ChatConfig, count: TokenCounter = approx_tokens):
-        from dataclasses import replace
         self.cfg = replace(cfg, temperature=0.0)
         self.count = count
         self.name = f"endpoint:{cfg.url}"
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int = 256) -> Completion:
-        from dataclasses import replace
         r = chat(replace(self.cfg, max_tokens=max_tokens), messages)
         return Completion(r.text, r.prompt_tokens, r.completion_tokens, None)

@@ -51,7 +51,8 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_prep(args) -> int:
     from llm_stage.sft import sft_rows
-    counter = _counter(args.tokenizer)
+    from llm_stage.backends import token_counter
+    counter = token_counter(args.tokenizer)
     train, held, skipped = sft_rows(_traces(args.traces), _candidates(args.candidates),
                                     args.budget, counter, args.top_k, args.held_out)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -62,15 +63,6 @@ def cmd_prep(args) -> int:
     print(f"wrote {len(train)} training and {len(held)} held-out rows to {args.out} "
           f"({len(skipped)} skipped)")
     return 0
-
-
-def _counter(tokenizer: str | None):
-    from llm_stage.prompts import approx_tokens
-    if not tokenizer:
-        return approx_tokens
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(tokenizer)
-    return lambda text: len(tok(text, add_special_tokens=False).input_ids)
 
 
 def _rows(path: Path) -> list[dict]:

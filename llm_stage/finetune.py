@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_stage.backends import chat_prompt
 from llm_stage.prompts import PROMPT_VERSION
 
 META_FILE = "astra_llm.json"
@@ -43,9 +44,7 @@ def encode_example(tokenizer, messages: list[dict[str, str]], max_length: int
                    ) -> dict[str, list[int]] | None:
     """input_ids / labels for one chat row; labels are -100 except on the answer and its end
     token. None when the row does not fit in `max_length`."""
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False,
-                                           add_generation_prompt=True, enable_thinking=False)
-    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    p_ids = tokenizer(chat_prompt(tokenizer, messages[:-1]), add_special_tokens=False).input_ids
     a_ids = tokenizer(messages[-1]["content"], add_special_tokens=False).input_ids + \
         [tokenizer.eos_token_id]
     if len(p_ids) + len(a_ids) > max_length:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 from tqdm import tqdm
 
 from data_gen.chat_client import ChatError
-from data_gen.trace import Trace
+from data_gen.trace import CANDIDATES_SCHEMA, Trace
 from llm_stage.backends import Backend
 from llm_stage.strategies import STRATEGIES
 
@@ -29,8 +29,8 @@ def read_candidates(path: str | Path) -> tuple[dict[str, dict], list[str]]:
                 continue
             try:
                 row = json.loads(line)
-                if row.get("schema") != "astra.candidates/v1":
-                    raise ValueError(f"schema is {row.get('schema')!r}, not astra.candidates/v1")
+                if row.get("schema") != CANDIDATES_SCHEMA:
+                    raise ValueError(f"schema is {row.get('schema')!r}, not {CANDIDATES_SCHEMA}")
                 if not isinstance(row.get("agents"), list) or not row["agents"]:
                     raise ValueError("field 'agents' must be a non-empty list")
                 out[str(row["trace_id"])] = row

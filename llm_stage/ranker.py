@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from data_gen.trace import Trace
+from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
 _SIGNAL = re.compile(r"error|traceback|exception|failed|incorrect|not found|cannot|unable|"
                      r"exitcode: [1-9]|wrong|assum", re.I)
@@ -28,6 +28,6 @@ def heuristic_candidates(trace: Trace, k: int = 3) -> dict:
         if steps:
             agents.append({"agent": a, "score": sum(x["score"] for x in steps), "steps": steps})
     agents.sort(key=lambda a: -a["score"])
-    return {"schema": "astra.candidates/v1", "trace_id": trace.trace_id, "failure_prob": 1.0,
+    return {"schema": CANDIDATES_SCHEMA, "trace_id": trace.trace_id, "failure_prob": 1.0,
             "uncertainty": 1.0, "agents": agents[:k],
             "model": {"checkpoint": "heuristic", "step": 0}}
