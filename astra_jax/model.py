@@ -133,8 +133,7 @@ class AstraMoE(nn.Module):
     @nn.compact
     def __call__(self, b: Batch, deterministic: bool = True) -> Outputs:
         c, g = self.cfg, b.graph
-        n_nodes, n_graphs, n_agents = g.nodes["type"].shape[0], b.graph_mask.shape[0], \
-            b.agent_mask.shape[0]
+        n_graphs, n_agents = b.graph_mask.shape[0], b.agent_mask.shape[0]
         h = MicroStateEncoder(c.d_model)(g.nodes["text"], g.nodes["meta"], g.nodes["type"])
         spatial = b.edge_mask * (g.edges != TEMPORAL)
         temporal = b.edge_mask * (g.edges == TEMPORAL)

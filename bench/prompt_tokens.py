@@ -49,7 +49,7 @@ def main() -> None:
             agent_in += t.label.agent in [a["agent"] for a in c["agents"]]
             cut += p.truncated
         n = len(traces)
-        rows.append((f"coarse-to-fine", k, statistics.mean(toks), statistics.median(toks),
+        rows.append(("coarse-to-fine", k, statistics.mean(toks), statistics.median(toks),
                      statistics.mean(toks) / statistics.mean(full), agent_in / n, step_in / n,
                      cut / n))
     source = f"candidates {args.candidates}" if args.candidates else "heuristic ranker"

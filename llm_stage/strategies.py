@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any, Callable
 
 from data_gen.trace import Trace

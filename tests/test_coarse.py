@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from astra_jax.batching import labels_of, pack_batch
 from astra_jax.dhcg import EDGE_TYPES, build_dhcg

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data_gen.chat_client import ChatConfig
-from data_gen.readers import load_traces, to_whowhen
+from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig, generate
 from data_gen.trace import Label, Step, Task, Trace
 from llm_stage.answer import make_verdict, parse_answer, validate_answer

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 
-from data_gen.sim.engine import Action, Fault, Plan, Run, perturb
+from data_gen.sim.engine import Fault, Plan, Run, perturb
 from data_gen.sim.teams import Team
-from data_gen.sim.tools import Tool
 
 TOPICS = ("museum attendance", "river length", "album release", "Olympic medal table",
           "city population", "bus route timetable", "paper citations", "bird census",
