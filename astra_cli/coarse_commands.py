@@ -93,14 +93,14 @@ def predict_traces(run: Path, traces, top_k: int):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from astra_jax.metrics import score_candidates
-    from astra_jax.predict import write_jsonl
+    from data_gen.stage_files import write_stage_file
 
     traces = _load(args.data)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1
     cands = predict_traces(args.run, traces, args.top_k)
-    write_jsonl(cands, args.out)
+    write_stage_file(cands, args.out)
     print(f"wrote {len(cands)} candidate records to {args.out}")
     if any(t.label for t in traces):
         s = score_candidates(traces, cands)

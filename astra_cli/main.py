@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from astra_cli import coarse_commands, data_commands, demo
+from astra_cli import coarse_commands, data_commands, demo, pipeline_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     data_commands.add_commands(sub)
     coarse_commands.add_commands(sub)
+    pipeline_commands.add_commands(sub)
     demo.add_command(sub)
     return p
 

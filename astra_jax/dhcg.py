@@ -62,6 +62,7 @@ class DHCG:
     edge_type: np.ndarray  # [E] int, index into EDGE_TYPES
     agents: tuple[str, ...]
     signals: np.ndarray  # [S, K] float, per-step inferred signals (see STEP_SIGNALS)
+    entities: tuple[tuple[str, str], ...] = ()  # (node type, name) of each entity index
 
 
 STEP_SIGNALS = ("has_code", "has_error", "exit_nonzero", "tool_error", "n_values_log",
@@ -146,4 +147,5 @@ def build_dhcg(trace: Trace) -> DHCG:
     as_int = lambda x: np.asarray(x, dtype=np.int32)  # noqa: E731
     return DHCG(as_int(n_type), as_int(n_step), as_int(n_ent), as_int(step_node),
                 as_int(step_agent), as_int(senders), as_int(receivers), as_int(etypes), agents,
-                np.asarray(signals, dtype=np.float32).reshape(len(trace.steps), len(STEP_SIGNALS)))
+                np.asarray(signals, dtype=np.float32).reshape(len(trace.steps), len(STEP_SIGNALS)),
+                tuple(entity_ix))

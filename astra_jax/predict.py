@@ -1,7 +1,6 @@
 """Prediction: top-K candidates per trace (the `astra.candidates/v1` contract of DESIGN.md)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -43,9 +42,3 @@ def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[
             node_offset += len(g.node_type)
             agent_offset += len(g.agents)
     return out
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    import json
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

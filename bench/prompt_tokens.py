@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.table import format_table  # noqa: E402
 from data_gen.readers import load_traces  # noqa: E402
 from llm_stage.backends import token_counter  # noqa: E402
-from llm_stage.localize import read_candidates  # noqa: E402
+from data_gen.stage_files import read_stage_file  # noqa: E402
+from data_gen.trace import CANDIDATES_SCHEMA  # noqa: E402
 from llm_stage.prompts import focused_prompt, full_prompt  # noqa: E402
 from llm_stage.ranker import heuristic_candidates  # noqa: E402
 
@@ -34,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     traces = [t for t in load_traces(args.data).traces if t.label]
     count = token_counter(args.tokenizer)
-    cands = read_candidates(args.candidates)[0] if args.candidates else {}
+    cands = read_stage_file(args.candidates, CANDIDATES_SCHEMA)[0] if args.candidates else {}
     full = [full_prompt(t, 1 << 20, count).tokens for t in traces]
     rows = [("all-at-once", "-", statistics.mean(full), statistics.median(full), 1.0, 1.0, 1.0,
              0.0)]

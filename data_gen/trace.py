@@ -18,6 +18,7 @@ from typing import Any
 
 SCHEMA = "astra.trace/v1"
 CANDIDATES_SCHEMA = "astra.candidates/v1"  # the coarse → fine contract (DESIGN.md)
+VERDICT_SCHEMA = "astra.verdict/v1"  # the fine stage's output (DESIGN.md)
 STEP_KINDS = ("message", "thought", "tool_call", "tool_result")
 FAULT_MODES = (
     "role_violation",

@@ -11,9 +11,8 @@ import json
 import re
 from typing import Any
 
-from data_gen.trace import FAULT_MODES, Trace, normalise_agent as norm
-
-VERDICT_SCHEMA = "astra.verdict/v1"
+from data_gen.stage_files import coarse_choice
+from data_gen.trace import FAULT_MODES, VERDICT_SCHEMA, Trace, normalise_agent as norm
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 
 
@@ -58,13 +57,6 @@ def validate_answer(obj: dict[str, Any] | None, trace: Trace) -> tuple[dict[str,
     mode = obj.get("mode") if obj.get("mode") in FAULT_MODES else None
     return {"agent": agent, "step": step, "mode": mode,
             "reason": str(obj.get("reason") or "")[:1000]}, ""
-
-
-def coarse_choice(candidates: dict) -> tuple[str, int, float]:
-    """The coarse stage's top agent, its top step, and the product of their scores."""
-    top = candidates["agents"][0]
-    step = top["steps"][0]
-    return top["agent"], int(step["step"]), float(top["score"]) * float(step["score"])
 
 
 def coarse_confidence(candidates: dict | None, agent: str, step: int) -> float:

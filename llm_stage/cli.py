@@ -19,8 +19,9 @@ def _traces(paths: list[Path]):
 def _candidates(path: Path | None) -> dict[str, dict]:
     if path is None:
         return {}
-    from llm_stage.localize import read_candidates
-    rows, bad = read_candidates(path)
+    from data_gen.stage_files import read_stage_file
+    from data_gen.trace import CANDIDATES_SCHEMA
+    rows, bad = read_stage_file(path, CANDIDATES_SCHEMA)
     for b in bad:
         print(f"skipped (invalid candidates): {b}", file=sys.stderr)
     return rows

@@ -6,37 +6,16 @@ it finished.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
 from data_gen.chat_client import ChatError
-from data_gen.trace import CANDIDATES_SCHEMA, Trace
+from data_gen.trace import Trace
 from llm_stage.backends import Backend
 from llm_stage.strategies import STRATEGIES
-
-
-def read_candidates(path: str | Path) -> tuple[dict[str, dict], list[str]]:
-    """Candidate rows by trace id, and the bad lines (named by file and line)."""
-    out, bad = {}, []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if row.get("schema") != CANDIDATES_SCHEMA:
-                    raise ValueError(f"schema is {row.get('schema')!r}, not {CANDIDATES_SCHEMA}")
-                if not isinstance(row.get("agents"), list) or not row["agents"]:
-                    raise ValueError("field 'agents' must be a non-empty list")
-                out[str(row["trace_id"])] = row
-            except (ValueError, KeyError, AttributeError) as e:
-                bad.append(f"{path}:{n}: {e}")
-    return out, bad
 
 
 def localize_one(trace: Trace, cands: dict | None, backend: Backend, strategy: str,

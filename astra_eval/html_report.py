@@ -1,0 +1,273 @@
+"""Self-contained HTML reports: one page per trace and one page for the run.
+
+A page carries its CSS, its SVG and its few lines of script inline, so it can be mailed or
+attached to a bug report and opens without a server or network. Log text is escaped everywhere;
+a log cannot inject markup into its own report.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable
+
+from astra_eval import svg
+from astra_eval.markdown import COLUMNS, cell, summary_rows
+from astra_jax.dhcg import EDGE_TYPES, NODE_TYPES, build_dhcg
+from data_gen.trace import Trace, normalise_agent as norm
+
+STEP_CHARS = 6000  # a step's text shown in full up to this, then folded
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f2937;color:#fff;padding:14px 24px}header a{color:#9cc3ff}
+main{padding:16px 24px;max-width:1400px}h2{margin-top:28px;border-bottom:1px solid #ddd}
+.verdict{background:#fff;border:2px solid #d62728;border-radius:8px;padding:12px 16px}
+.verdict.unsure{border-color:#999}.big{font-size:20px;font-weight:600}
+.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}
+.scroll{overflow-x:auto;background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px}
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:3px 8px}
+td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f0f0}
+.bar{display:inline-block;height:12px;background:#f28e2b;vertical-align:middle}
+.step{background:#fff;border:1px solid #ddd;border-radius:6px;margin:6px 0;padding:6px 10px}
+.step.attributed{border:3px solid #d62728}.step.label{box-shadow:0 0 0 2px #111 inset}
+.step.flash{outline:3px solid #4e79a7}.step pre{white-space:pre-wrap;margin:4px 0;
+font:12px/1.4 ui-monospace,monospace;max-height:420px;overflow:auto}
+.step-cell{cursor:pointer}.lane,.tick{font-size:11px}svg text{font-size:11px}
+.note{color:#666}.legend .key{margin-right:12px}.plots{display:flex;gap:24px;flex-wrap:wrap}
+#filter{padding:4px 8px;width:320px}.cm td{text-align:right}
+"""
+
+# Errors in the page's own script land in data-errors, so a headless check can read them.
+SCRIPT = """
+window.addEventListener('error', function (e) {
+  var b = document.body, prev = b.getAttribute('data-errors') || '';
+  b.setAttribute('data-errors', prev + (e.message || 'error') + ';');
+});
+function showStep(i) {
+  var el = document.getElementById('step-' + i);
+  if (!el) { return; }
+  if (el.tagName === 'DETAILS') { el.open = true; }
+  el.scrollIntoView({block: 'center'});
+  el.classList.add('flash');
+  setTimeout(function () { el.classList.remove('flash'); }, 1200);
+}
+document.addEventListener('DOMContentLoaded', function () {
+  document.querySelectorAll('[data-step]').forEach(function (r) {
+    r.addEventListener('click', function () { showStep(r.getAttribute('data-step')); });
+  });
+  var f = document.getElementById('filter');
+  if (f) {
+    f.addEventListener('input', function () {
+      var q = f.value.toLowerCase();
+      document.querySelectorAll('#traces tbody tr').forEach(function (tr) {
+        tr.style.display = tr.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
+      });
+    });
+  }
+  var a = document.getElementById('attributed-step');
+  document.body.setAttribute('data-highlighted', a ? a.getAttribute('data-step') : '');
+  if (a) {
+    var r = a.getBoundingClientRect();
+    document.body.setAttribute('data-highlight-box', [r.left + window.scrollX,
+      r.top + window.scrollY, r.width, r.height].map(Math.round).join(','));
+  }
+  document.body.setAttribute('data-ready', '1');
+});
+"""
+
+
+def page(title: str, body: str, back: str | None = None) -> str:
+    nav = f' · <a href="{escape(back)}">run report</a>' if back else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>'
+            f'<header><b>ASTRA-JAX</b> · {escape(title)}{nav}</header><main>\n{body}\n</main>'
+            f'<script>{SCRIPT}</script></body></html>\n')
+
+
+def page_name(trace_id: str) -> str:
+    """A file name for a trace id: safe on every file system, distinct for distinct ids."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", trace_id)[:80]
+    return f"{safe}-{zlib.crc32(trace_id.encode('utf-8')):08x}.html"
+
+
+class Markup(str):
+    """A string already made safe for HTML."""
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], css_id: str = "") -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(
+        f'<td class="num">{cell(c)}</td>' if isinstance(c, (int, float)) and not isinstance(c, bool)
+        else f"<td>{c if isinstance(c, Markup) else escape(cell(c))}</td>" for c in r) + "</tr>"
+        for r in rows)
+    ident = f' id="{css_id}"' if css_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _verdict_box(trace: Trace, verdict: dict | None, threshold: float) -> str:
+    if verdict is None:
+        return '<div class="verdict unsure"><span class="big">No verdict</span></div>'
+    conf = verdict.get("confidence")
+    unsure = conf is not None and conf < threshold
+    head = (f'<span class="big">{"Unsure — best guess: " if unsure else ""}'
+            f'{escape(verdict["agent"])} at step {verdict["step"]}</span>')
+    facts = [f"confidence {conf:.3f}" if conf is not None else "no confidence",
+             f"source {escape(str(verdict.get('source')))}"]
+    if verdict.get("mode"):
+        facts.append(f"fault mode {escape(verdict['mode'])}")
+    if verdict.get("fallback"):
+        facts.append("fallback to the coarse stage")
+    tok = verdict.get("tokens") or {}
+    if tok.get("prompt"):
+        facts.append(f"{tok['prompt']:,} prompt tokens")
+    lab = ""
+    if trace.label is not None:
+        a_ok = norm(verdict["agent"]) == norm(trace.label.agent)
+        s_ok = verdict["step"] == trace.label.step
+        mark = lambda ok: '<span class="ok">✓</span>' if ok else '<span class="bad">✗</span>'  # noqa
+        lab = (f'<p id="label-check">label: <b>{escape(trace.label.agent)}</b> at step '
+               f'<b>{trace.label.step}</b> — agent {mark(a_ok)} step {mark(s_ok)}'
+               + (f"<br><i>{escape(trace.label.reason or '')}</i>" if trace.label.reason else "")
+               + "</p>")
+    reason = escape(verdict.get("reason") or "")
+    return (f'<div class="verdict{" unsure" if unsure else ""}" id="verdict">{head}'
+            f'<p>{" · ".join(facts)}</p><p>{reason}</p>{lab}'
+            f'<p><a href="#step-{verdict["step"]}" onclick="showStep({int(verdict["step"])});'
+            f'return false;">read step {verdict["step"]}</a></p></div>')
+
+
+def _scores(cands: dict | None) -> str:
+    if not cands:
+        return '<p class="note">No coarse candidates for this trace.</p>'
+    rows = []
+    for a in cands["agents"]:
+        bar = Markup(f'<span class="bar" style="width:{int(200 * a["score"])}px"></span>')
+        steps = ", ".join(f'{s["step"]} ({s["score"]:.2f})' for s in a["steps"][:6])
+        rows.append((a["agent"], a["score"], bar, steps))
+    info = (f'<p>failure probability {cands.get("failure_prob", 0):.3f} · uncertainty '
+            f'{cands.get("uncertainty", 0):.3f}</p>')
+    return info + _table(("candidate agent", "score", "", "top steps (score)"), rows, "scores")
+
+
+def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold: float = 0.0,
+               back: str | None = "../index.html") -> str:
+    """Who failed where in one trace, with the evidence laid out: verdict, timeline, DHCG,
+    scores and every step's text."""
+    g = build_dhcg(trace)
+    top = {a["agent"] for a in (cands or {}).get("agents", [])}
+    scores = {s["step"]: s["score"] for a in (cands or {}).get("agents", []) for s in a["steps"]}
+    texts = [s.content[:160] for s in trace.steps]
+    step = verdict["step"] if verdict and 0 <= verdict["step"] < len(trace.steps) else None
+    label = trace.label.step if trace.label else None
+    attributed_node = int(g.step_node[step]) if step is not None else None
+    edges = [(int(s), int(r), EDGE_TYPES[int(t)]) for s, r, t in
+             zip(g.senders, g.receivers, g.edge_type)]
+    body = [_verdict_box(trace, verdict, threshold),
+            f'<p>{escape(trace.task.question[:600]) if trace.task.question else ""}</p>',
+            f'<p class="note">{len(trace.steps)} steps · {len(g.agents)} agents · framework '
+            f'{escape(str(trace.system.framework))}</p>',
+            "<h2>Timeline</h2><p class=\"note\">One lane per agent, colour = coarse step score; "
+            "the attributed step is outlined in red, the labelled one (if any) marked ▲ below. "
+            "Click a step to read it.</p>",
+            '<div class="scroll">' + svg.timeline(g.agents, g.step_agent.tolist(), scores, texts,
+                                                  step, label, top) + "</div>",
+            "<h2>Scores</h2>", _scores(cands),
+            "<h2>Dynamic heterogeneous causal graph</h2>", svg.legend(),
+            '<div class="scroll">' + svg.dhcg_drawing(
+                g.entities, [NODE_TYPES[int(t)] for t in g.node_type], g.node_step.tolist(),
+                g.node_entity.tolist(), edges, len(trace.steps), attributed_node, top) + "</div>",
+            "<h2>Steps</h2>"]
+    for s in trace.steps:
+        cls = "step" + (" attributed" if s.index == step else "") + (
+            " label" if s.index == label else "")
+        text = s.content
+        shown = escape(text[:STEP_CHARS])
+        more = (f"<details><summary>{len(text) - STEP_CHARS:,} more characters</summary>"
+                f"<pre>{escape(text[STEP_CHARS:])}</pre></details>" if len(text) > STEP_CHARS
+                else "")
+        sc = scores.get(s.index)
+        body.append(f'<div class="{cls}" id="step-{s.index}"><b>step {s.index}</b> · '
+                    f'{escape(s.agent)}{" → " + escape(s.to) if s.to else ""}'
+                    f'{" · " + escape(s.kind) if s.kind else ""}'
+                    f'{f" · score {sc:.3f}" if sc is not None else ""}'
+                    f"<pre>{shown}</pre>{more}</div>")
+    return page(f"trace {trace.trace_id}", "\n".join(body), back)
+
+
+def run_page(traces: list[Trace], verdicts: dict[str, dict], report: dict | None,
+             threshold: float, links: dict[str, str]) -> str:
+    """The run at a glance: accuracy beside the baselines, risk-coverage, reliability,
+    confusion by agent, tokens, and every trace with a link to its page."""
+    body = []
+    if report:
+        ours = report["overall"][report["method"]]
+        body.append(f'<p class="big">{report["method"]}: agent {ours["agent_acc"]:.3f}, step '
+                    f'{ours["step_acc"]:.3f} on {report["n_labelled"]} labelled traces '
+                    f'(strict)</p>')
+        body.append("<h2>Accuracy</h2>" + _table(["set", "method"] + [h for h, _ in COLUMNS],
+                                                 summary_rows(report), "accuracy"))
+        rc = report["risk_coverage"]
+        cov = next((p["coverage"] for p in reversed(rc) if p["threshold"] >= threshold), 0.0)
+        body.append('<h2>Confidence</h2><div class="plots"><div><b>Risk-coverage</b><br>'
+                    + svg.unit_plot([(0.0, rc[0]["accuracy"])] + [
+                        (p["coverage"], p["accuracy"]) for p in rc] if rc else [],
+                        "coverage (most confident first)", "accuracy", marker=cov,
+                        title="risk-coverage curve", css_id="risk-coverage")
+                    + f'<p class="note">dashed: coverage at threshold {threshold:g}</p></div>'
+                    + "<div><b>Reliability</b><br>" + svg.unit_plot(
+                        [], "confidence", "accuracy", diagonal=True,
+                        bars=[(b["lo"], b["hi"], b["accuracy"]) for b in report["reliability"]],
+                        title="reliability diagram", css_id="reliability")
+                    + f'<p class="note">ECE {cell(ours["ece"])}</p></div></div>')
+        cm = report["confusion"]
+        rows = [[Markup(f"<b>{escape(lab)}</b>")] + [
+            Markup(f'<span style="background:rgba(78,121,167,{min(c / max(1, max(r)), 1):.2f});'
+                   f'padding:0 6px">{c}</span>') for c in r]
+            for lab, r in zip(cm["labels"], cm["counts"])]
+        body.append("<h2>Confusion by agent</h2><p class=\"note\">rows: labelled agent, columns: "
+                    "attributed agent</p><div class=\"scroll\">"
+                    + _table(["label \\ attributed"] + cm["predicted"], rows, "confusion")
+                    + "</div>")
+        tokens = [r["prompt_tokens"] for r in report["records"]]
+        body.append("<h2>Tokens</h2>" + (
+            svg.histogram(tokens, "prompt tokens per trace", css_id="tokens")
+            + f'<p>mean {sum(tokens) / len(tokens):,.0f} prompt tokens per trace</p>'
+            if any(tokens) else '<p class="note">Coarse stage only: no language-model tokens '
+                                'were spent.</p>'))
+    by_id = {r["trace_id"]: r for r in (report or {}).get("records", [])}
+    rows = []
+    for t in traces:
+        v, r = verdicts.get(t.trace_id), by_id.get(t.trace_id)
+        link = Markup(f'<a href="{escape(links[t.trace_id])}">{escape(t.trace_id)}</a>'
+                      if t.trace_id in links else escape(t.trace_id))
+        said = f'{v["agent"]} @ {v["step"]}' if v else "no verdict"
+        conf = v.get("confidence") if v else None
+        unsure = conf is not None and conf < threshold
+        right = "" if r is None else Markup('<span class="ok">✓</span>' if r["correct"]
+                                            else '<span class="bad">✗</span>')
+        lab = f"{t.label.agent} @ {t.label.step}" if t.label else ""
+        rows.append((link, len(t.steps), said + (" (unsure)" if unsure else ""), conf, lab, right))
+    body.append('<h2>Traces</h2><input id="filter" placeholder="filter by id, agent, …">'
+                + _table(("trace", "steps", "attributed", "confidence", "label", "correct"),
+                         rows, "traces"))
+    return page("run report", "\n".join(body))
+
+
+def write_reports(out: Path, traces: list[Trace], candidates: dict[str, dict],
+                  verdicts: dict[str, dict], report: dict | None, threshold: float,
+                  progress: bool = True) -> Path:
+    """`out/index.html` and `out/traces/<trace>.html`; returns the index path."""
+    from tqdm import tqdm
+    (out / "traces").mkdir(parents=True, exist_ok=True)
+    links = {}
+    for t in tqdm(traces, desc="reports", unit="trace", disable=not progress):
+        name = page_name(t.trace_id)
+        (out / "traces" / name).write_text(trace_page(
+            t, candidates.get(t.trace_id), verdicts.get(t.trace_id), threshold), "utf-8")
+        links[t.trace_id] = f"traces/{name}"
+    index = out / "index.html"
+    index.write_text(run_page(traces, verdicts, report, threshold, links), "utf-8")
+    return index

@@ -1,0 +1,60 @@
+"""The evaluation as Markdown: the tables a closing note or a paper appendix carries."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+COLUMNS = (("n", "n"), ("agent", "agent_acc"), ("step", "step_acc"), ("step ±1", "step_acc_pm1"),
+           ("step ±3", "step_acc_pm3"), ("top-K agent", "topk_agent_recall"),
+           ("top-K step", "topk_step_recall"), ("ECE", "ece"), ("coverage", "coverage"),
+           ("selective acc", "selective_acc"), ("prompt tokens", "prompt_tokens_mean"),
+           ("latency s", "latency_s_mean"))
+
+
+def cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+    return str(v).replace("|", "\\|")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """One row per (set, method): overall first, then each subset."""
+    sets = [("all", report["overall"])] + list(report["subsets"].items())
+    rows = []
+    for name, by_method in sets:
+        for i, (method, s) in enumerate(by_method.items()):
+            rows.append([name if i == 0 else "", method] + [s[key] for _, key in COLUMNS])
+    return rows
+
+
+def eval_markdown(report: dict[str, Any]) -> str:
+    k, tau = report["k"], report["threshold"]
+    out = [f"## Failure attribution: {report['method']}", "",
+           f"{report['n_labelled']} labelled traces of {report['n_traces']}. Strict scoring: agent "
+           "name equal after normalising case and whitespace, step index exact; every labelled "
+           "trace counts, a missing verdict is wrong. ±1/±3 are tolerances beside the strict "
+           f"figures. Top-K recall: the label among the coarse stage's top {k} agents / their "
+           f"steps. ECE over 10 bins of the verdict's confidence (correct = agent and step). "
+           f"Coverage and selective accuracy at confidence threshold {tau:g} (below it the tool "
+           "answers \"unsure\").", "",
+           md_table(["set", "method"] + [h for h, _ in COLUMNS], summary_rows(report))]
+    rc = report["risk_coverage"]
+    if rc:
+        marks = [0.1, 0.25, 0.5, 0.75, 1.0]
+        pts = list({id(p): p for p in (next(p for p in rc if p["coverage"] >= m - 1e-9)
+                                         for m in marks)}.values())
+        out += ["", "Risk-coverage (the most confident answers first):", "",
+                md_table(["coverage", "accuracy", "threshold"],
+                         [[p["coverage"], p["accuracy"], p["threshold"]] for p in pts])]
+    return "\n".join(out) + "\n"

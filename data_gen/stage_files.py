@@ -1,0 +1,109 @@
+"""The JSONL files that pass between stages: candidates (coarse → fine) and verdicts (fine →
+evaluation). One home for reading them, so every consumer reports a bad line the same way (file,
+line, field) and keeps the good ones.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA
+
+
+def _check_candidates(row: dict[str, Any]) -> None:
+    agents = row.get("agents")
+    if not isinstance(agents, list) or not agents:
+        raise ValueError("field 'agents' must be a non-empty list")
+    for i, a in enumerate(agents):
+        if not isinstance(a, dict) or not isinstance(a.get("agent"), str):
+            raise ValueError(f"field 'agents[{i}].agent' must be a string")
+        if not isinstance(a.get("steps"), list):
+            raise ValueError(f"field 'agents[{i}].steps' must be a list")
+        for s in a["steps"]:
+            if not isinstance(s, dict) or not isinstance(s.get("step"), int):
+                raise ValueError(f"field 'agents[{i}].steps[].step' must be an integer")
+
+
+def _check_verdict(row: dict[str, Any]) -> None:
+    if not isinstance(row.get("agent"), str):
+        raise ValueError("field 'agent' must be a string")
+    if not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+        raise ValueError("field 'step' must be an integer")
+    conf = row.get("confidence")
+    if conf is not None and not (isinstance(conf, (int, float)) and 0.0 <= conf <= 1.0):
+        raise ValueError("field 'confidence' must be a number in [0, 1]")
+
+
+_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    CANDIDATES_SCHEMA: _check_candidates, VERDICT_SCHEMA: _check_verdict}
+
+
+def read_stage_file(path: str | Path, schema: str) -> tuple[dict[str, dict], list[str]]:
+    """Rows by trace id, and the bad lines, each named by file and line and saying why."""
+    out: dict[str, dict] = {}
+    bad: list[str] = []
+    try:
+        f = open(path, encoding="utf-8", errors="strict")
+    except OSError as e:
+        return {}, [f"{path}: cannot read ({e.strerror})"]
+    with f:
+        n = 0
+        while True:
+            n += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                bad.append(f"{path}:{n}: not UTF-8 ({e.reason}); the rest of the file is skipped")
+                break
+            if not line:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("a line must hold a JSON object")
+                if row.get("schema") != schema:
+                    raise ValueError(f"field 'schema' is {row.get('schema')!r}, not {schema!r}")
+                if not isinstance(row.get("trace_id"), (str, int)):
+                    raise ValueError("field 'trace_id' is missing")
+                _CHECKS[schema](row)
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                bad.append(f"{path}:{n}: {e}")
+                continue
+            tid = str(row["trace_id"])
+            if tid in out:
+                bad.append(f"{path}:{n}: trace_id {tid!r} repeats an earlier line; "
+                           "the later line is kept")
+            out[tid] = row
+    return out, bad
+
+
+def coarse_choice(candidates: dict) -> tuple[str, int, float]:
+    """The coarse stage's top agent, that agent's top step, and the product of their scores
+    (the step is always the agent's own, so the pair is a coherent answer)."""
+    top = candidates["agents"][0]
+    step = top["steps"][0]
+    return top["agent"], int(step["step"]), float(top["score"]) * float(step["score"])
+
+
+def coarse_verdict(candidates: dict) -> dict[str, Any]:
+    """A verdict from the coarse stage alone (the pipeline's `--fine none`)."""
+    agent, step, conf = coarse_choice(candidates)
+    return {"schema": VERDICT_SCHEMA, "trace_id": candidates["trace_id"], "agent": agent,
+            "step": step, "mode": None, "reason": "coarse stage's top agent and its top step",
+            "confidence": round(conf, 6), "source": "gnn", "fallback": False,
+            "tokens": {"prompt": 0, "completion": 0, "calls": 0}}
+
+
+def write_stage_file(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write rows as JSONL (parents created); returns how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
