@@ -92,8 +92,8 @@ def predict_traces(run: Path, traces, top_k: int):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from astra_jax.metrics import score_candidates
-    from data_gen.stage_files import write_stage_file
+    from astra_eval.scoring import evaluate
+    from data_gen.stage_files import coarse_verdict, write_stage_file
 
     traces = _load(args.data)
     if not traces:
@@ -103,8 +103,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     write_stage_file(cands, args.out)
     print(f"wrote {len(cands)} candidate records to {args.out}")
     if any(t.label for t in traces):
-        s = score_candidates(traces, cands)
-        print(format_table(tuple(s), [tuple(s.values())]))
+        by_id = {c["trace_id"]: c for c in cands}
+        s = evaluate(traces, {"coarse": {k: coarse_verdict(c) for k, c in by_id.items()}},
+                     by_id, args.top_k)["overall"]["coarse"]
+        print(format_table(("labelled", "agent acc", "step acc", "step ±1",
+                            f"top-{args.top_k} agent"),
+                           [(s["n"], s["agent_acc"], s["step_acc"], s["step_acc_pm1"],
+                             s["topk_agent_recall"])]))
     return 0
 
 

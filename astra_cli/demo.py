@@ -12,7 +12,7 @@ from data_gen.stats import STATS_HEADERS, stats_rows
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="generate, validate, describe, read the development logs")
+    d = sub.add_parser("demo", help="the whole job on embedded defaults: simulate, train, attribute, report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--tasks", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
@@ -20,6 +20,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--epochs", type=int, default=4)
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
+    d.add_argument("--coarse-only", action="store_true", help="skip the tiny fine-stage model")
+    d.add_argument("--tiny-pretrain-steps", type=int, default=150)
+    d.add_argument("--tiny-lora-steps", type=int, default=60)
+    d.add_argument("--threshold", type=float, default=0.5,
+                   help="confidence below which a verdict is reported as unsure")
     d.set_defaults(func=cmd_demo)
 
 
@@ -49,10 +54,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
-    from astra_cli.coarse_commands import predict_traces
+    from astra_cli.pipeline_commands import RunOptions, run_pipeline
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.metrics import baseline_candidates, score_candidates
-    from astra_jax.predict import write_jsonl
     from astra_jax.train import TrainConfig, train
     from data_gen.sim.teams import TEAMS
 
@@ -72,18 +75,45 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
     cache = run / "feature_cache"
     train(cfg, train_traces, featurise(train_traces, emb, cache, True), splits["val"],
           featurise(splits["val"], emb, cache, True), run)
-    print("== 6. attribute the held-out simulated test split and the development logs")
+    backend = None if args.coarse_only else _tiny_fine_stage(args, train_traces)
+    opts = RunOptions(threshold=args.threshold, seed=args.seed)
     rows = []
-    for name, traces in ((f"sim test (unseen seeds; incl. {args.held_out_topology})",
-                          splits["test"]), ("Who&When dev logs (never trained on)", dev_traces)):
-        cands = predict_traces(run, traces, 3)
-        write_jsonl(cands, args.out / f"candidates_{'sim' if 'sim' in name else 'dev'}.jsonl")
-        methods = {"ASTRA-JAX coarse": cands, **baseline_candidates(traces, args.seed)}
-        for i, (method, cs) in enumerate(methods.items()):
-            s = score_candidates(traces, cs)
-            rows.append((name if i == 0 else "", method, s["n"], s["agent_acc"], s["step_acc"],
-                         s["step_acc_pm1"], s["agent_top3"]))
+    for i, (name, key, traces) in enumerate((
+            (f"sim test (unseen seeds; incl. {args.held_out_topology})", "sim_test",
+             splits["test"]), ("Who&When dev logs (never trained on)", "dev", dev_traces))):
+        print(f"== {7 + i}. attribute the {name}")
+        _, _, report = run_pipeline(traces, args.out / key, "coarse", run, backend, opts)
+        for j, (method, s) in enumerate(report["overall"].items()):
+            rows.append((name if j == 0 else "", method, s["n"], s["agent_acc"], s["step_acc"],
+                         s["step_acc_pm1"], s["topk_agent_recall"], s["ece"]))
+    print("== accuracy (strict; details in eval.md beside each report)")
     print(format_table(("set", "method", "n", "agent acc", "step acc", "step ±1",
-                        "agent top-3"), rows))
-    print(f"candidates written under {args.out}; model under {run}")
+                        "agent top-3", "ECE"), rows))
+    for key in ("sim_test", "dev"):
+        print(f"report: {(args.out / key / 'report' / 'index.html').resolve().as_uri()}")
     return 0
+
+
+def _tiny_fine_stage(args: argparse.Namespace, train_traces):
+    """A tiny local model of the Qwen3 architecture, LoRA-tuned for a few steps on simulated
+    traces: it runs the fine stage's real code path on a CPU in a minute. It is far too small
+    to read logs well; point `astra run --model` at Qwen3-8B for that."""
+    from llm_stage.backends import LocalBackend
+    from llm_stage.finetune import FinetuneConfig, finetune
+    from llm_stage.sft import sft_rows
+    from llm_stage.tiny import build_tiny_model
+
+    sample = train_traces[:: max(1, len(train_traces) // 300)]
+    print(f"== 6. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
+          f"{len(sample)} simulated traces")
+    base = build_tiny_model(args.out / "tiny_model", [s.content for t in sample for s in t.steps],
+                            pretrain_steps=args.tiny_pretrain_steps)
+    backend = LocalBackend(base)
+    train_rows, held, _ = sft_rows(sample, {}, budget=3000, count=backend.count)
+    cfg = FinetuneConfig(base_model=str(base), out_dir=str(args.out / "tiny_lora"),
+                         max_steps=args.tiny_lora_steps, batch_size=4, grad_accum=1, lr=1e-2,
+                         save_steps=args.tiny_lora_steps, dropout=0.0,
+                         gradient_checkpointing=False, max_length=3200, seed=args.seed)
+    metrics, _ = finetune(cfg, train_rows, held[:16])
+    print(f"LoRA loss {metrics['loss_curve'][0]:.3f} → {metrics['loss_curve'][-1]:.3f}")
+    return LocalBackend(base, args.out / "tiny_lora" / "adapter")

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from data_gen.readers import load_traces
@@ -49,7 +50,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="candidates JSONL: top-K recall, and the verdicts when none are given")
     e.add_argument("--top-k", type=int, default=3)
     e.add_argument("--threshold", type=float, default=0.0)
-    e.add_argument("--method", default="ASTRA-JAX", help="the method's name in the tables")
+    e.add_argument("--method", help="the method's name in the tables (default: from the "
+                   "verdicts: coarse, or coarse→fine with the coarse stage alone beside it)")
     e.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     e.add_argument("--json", type=Path, help="write the full evaluation here (astra.eval/v1)")
     e.add_argument("--md", type=Path, help="write the Markdown tables here")
@@ -70,8 +72,18 @@ def _read(path: Path, schema: str) -> dict[str, dict]:
     return rows
 
 
-def evaluate_and_write(traces: list[Trace], verdicts: dict[str, dict],
-                       candidates: dict[str, dict], args: argparse.Namespace,
+def methods_of(verdicts: dict[str, dict], cands: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """The methods a run's verdicts stand for. When a fine stage produced them, the coarse
+    stage alone is scored beside it, so the table shows what the language model adds."""
+    fine = next((v["backend"] for v in verdicts.values() if v.get("backend")), None)
+    if fine is None:
+        return {"ASTRA-JAX coarse": verdicts}
+    return {f"ASTRA-JAX coarse→fine ({fine})": verdicts,
+            "ASTRA-JAX coarse only": {k: coarse_verdict(c) for k, c in cands.items()}}
+
+
+def evaluate_and_write(traces: list[Trace], methods: dict[str, dict[str, dict]],
+                       candidates: dict[str, dict], k: int, threshold: float, seed: int,
                        json_path: Path | None, md_path: Path | None) -> dict[str, Any] | None:
     """Score, write JSON/Markdown, print the tables; None when no trace carries a label."""
     from astra_eval.markdown import eval_markdown
@@ -79,15 +91,12 @@ def evaluate_and_write(traces: list[Trace], verdicts: dict[str, dict],
     if not any(t.label for t in traces):
         print("no labelled traces: nothing to score")
         return None
-    report = evaluate(traces, verdicts, candidates, args.top_k, args.threshold,
-                      getattr(args, "method", "ASTRA-JAX"), getattr(args, "seed", 0))
+    report = evaluate(traces, methods, candidates, k, threshold, seed)
     md = eval_markdown(report)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=1), "utf-8")
-    if md_path:
-        md_path.parent.mkdir(parents=True, exist_ok=True)
-        md_path.write_text(md, "utf-8")
+    for path, text in ((json_path, json.dumps(report, indent=1)), (md_path, md)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
     print(md)
     return report
 
@@ -104,35 +113,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         print(f"warning: {len(unknown)} verdicts name traces not given, e.g. "
               f"{sorted(unknown)[0]!r}", file=sys.stderr)
-    report = evaluate_and_write(traces, verdicts, cands, args, args.json, args.md)
+    methods = {args.method: verdicts} if args.method else methods_of(verdicts, cands)
+    report = evaluate_and_write(traces, methods, cands, args.top_k, args.threshold, args.seed,
+                                args.json, args.md)
     return 0 if report else 1
 
 
-def _coarse(args: argparse.Namespace, traces: list[Trace], path: Path) -> dict[str, dict]:
+@dataclass(frozen=True)
+class RunOptions:
+    top_k: int = 3
+    strategy: str = "coarse-to-fine"
+    budget: int = 4096
+    threshold: float = 0.0
+    html: bool = True
+    seed: int = 0
+
+
+def coarse_stage(run: Path, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
     from astra_cli.coarse_commands import predict_traces
-    if args.coarse is None:
-        raise SystemExit("error: --coarse RUN_DIR is needed to start from the coarse stage")
-    print(f"== coarse stage: {len(traces)} traces, model {args.coarse}")
-    cands = predict_traces(args.coarse, traces, args.top_k)
+    print(f"== coarse stage: {len(traces)} traces, model {run}")
+    cands = predict_traces(run, traces, k)
     write_stage_file(cands, path)
     print(f"wrote {len(cands)} candidate records to {path}")
     return {c["trace_id"]: c for c in cands}
 
 
-def _fine(args: argparse.Namespace, traces: list[Trace], cands: dict[str, dict],
-          path: Path) -> dict[str, dict]:
-    """Verdicts from the fine stage, or from the coarse stage when no model is given. Traces the
-    fine stage cannot handle are reported, and get the coarse verdict so none is lost."""
-    if not (args.model or args.llm_url):
+def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOptions,
+               path: Path) -> dict[str, dict]:
+    """Verdicts from the fine stage, or from the coarse stage when there is no backend. Traces
+    the fine stage cannot handle are reported and get the coarse verdict, so none is lost."""
+    if backend is None:
         print("== fine stage: none (coarse only); give --model or --llm-url to run one")
         verdicts = {k: coarse_verdict(c) for k, c in cands.items()}
     else:
-        from llm_stage.cli import make_backend
         from llm_stage.localize import localize
-        backend = make_backend(args)
-        print(f"== fine stage: {backend.name}, strategy {args.strategy}")
+        print(f"== fine stage: {backend.name}, strategy {opts.strategy}")
         verdicts = {}
-        for v in localize(traces, cands, backend, args.strategy, args.budget, args.top_k,
+        for v in localize(traces, cands, backend, opts.strategy, opts.budget, opts.top_k,
                           total=len(traces)):
             if isinstance(v, str):
                 print(f"fine stage failed: {v}", file=sys.stderr)
@@ -141,7 +158,8 @@ def _fine(args: argparse.Namespace, traces: list[Trace], cands: dict[str, dict],
         for t in traces:
             if t.trace_id not in verdicts and t.trace_id in cands:
                 verdicts[t.trace_id] = {**coarse_verdict(cands[t.trace_id]), "fallback": True,
-                                        "reason": "coarse stage's top choice (fine stage failed)"}
+                                        "backend": backend.name, "reason":
+                                        "coarse stage's top choice (the fine stage failed)"}
     missing = [t.trace_id for t in traces if t.trace_id not in verdicts]
     if missing:
         print(f"warning: {len(missing)} traces have no verdict (no candidates), e.g. "
@@ -151,27 +169,44 @@ def _fine(args: argparse.Namespace, traces: list[Trace], cands: dict[str, dict],
     return verdicts
 
 
+def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | None, backend,
+                 opts: RunOptions) -> tuple[dict, dict, dict | None]:
+    """Run the stages from `start` on, each writing its file into `out`; returns candidates,
+    verdicts and the evaluation (None without labels)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cand_path, verdict_path = out / "candidates.jsonl", out / "verdicts.jsonl"
+    first = STAGES.index(start)
+    for stage, path in (("fine", cand_path), ("report", verdict_path)):
+        if first >= STAGES.index(stage) and not path.exists():
+            raise SystemExit(f"error: --from {start} needs {path} from an earlier run")
+    if first == 0 and coarse_run is None:
+        raise SystemExit("error: --coarse RUN_DIR is needed to start from the coarse stage")
+    cands = (coarse_stage(coarse_run, traces, opts.top_k, cand_path) if first == 0
+             else _read(cand_path, CANDIDATES_SCHEMA))
+    verdicts = (fine_stage(backend, traces, cands, opts, verdict_path) if first <= 1
+                else _read(verdict_path, VERDICT_SCHEMA))
+    report = evaluate_and_write(traces, methods_of(verdicts, cands), cands, opts.top_k,
+                                opts.threshold, opts.seed, out / "eval.json", out / "eval.md")
+    if opts.html:
+        from astra_eval.html_report import write_reports
+        index = write_reports(out / "report", traces, cands, verdicts, report, opts.threshold)
+        print(f"report: {index.resolve().as_uri()}")
+    return cands, verdicts, report
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     traces = _load(args.traces)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    cand_path, verdict_path = args.out / "candidates.jsonl", args.out / "verdicts.jsonl"
-    start = STAGES.index(args.start)
-    for stage, path in (("fine", cand_path), ("report", verdict_path)):
-        if start >= STAGES.index(stage) and not path.exists():
-            print(f"error: --from {args.start} needs {path} from an earlier run", file=sys.stderr)
-            return 2
-    cands = (_coarse(args, traces, cand_path) if start == 0
-             else _read(cand_path, CANDIDATES_SCHEMA))
-    verdicts = (_fine(args, traces, cands, verdict_path) if start <= 1
-                else _read(verdict_path, VERDICT_SCHEMA))
-    report = evaluate_and_write(traces, verdicts, cands, args, args.out / "eval.json",
-                                args.out / "eval.md")
-    if not args.no_html:
-        from astra_eval.html_report import write_reports
-        index = write_reports(args.out / "report", traces, cands, verdicts, report,
-                              args.threshold)
-        print(f"report: {index.resolve().as_uri()}")
+    backend = None
+    if (args.model or args.llm_url) and args.start != "report":
+        from llm_stage.cli import make_backend
+        backend = make_backend(args)
+    opts = RunOptions(args.top_k, args.strategy, args.budget, args.threshold, not args.no_html)
+    try:
+        run_pipeline(traces, args.out, args.start, args.coarse, backend, opts)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
     return 0

@@ -165,22 +165,25 @@ def confusion(rows: list[dict[str, Any]], top: int = 8) -> dict[str, Any]:
     return {"labels": labels + ["other"], "predicted": cols, "counts": rows_out}
 
 
-def evaluate(traces: list[Trace], verdicts: dict[str, dict], candidates: dict[str, dict],
-             k: int = 3, threshold: float = 0.0, method: str = "ASTRA-JAX",
+def evaluate(traces: list[Trace], methods: dict[str, dict[str, dict]],
+             candidates: dict[str, dict], k: int = 3, threshold: float = 0.0,
              seed: int = 0) -> dict[str, Any]:
-    """The whole evaluation (`astra.eval/v1`): our method and the baselines, overall and per
-    subset; per-record outcomes; the curves the report draws. Unlabelled traces are skipped."""
+    """The whole evaluation (`astra.eval/v1`): each of our methods (name → verdicts by trace id;
+    the first is the primary one) and the baselines, overall and per subset; the primary
+    method's per-record outcomes and the curves the report draws. Unlabelled traces are
+    skipped. Our methods share the coarse candidates for top-K recall."""
     labelled = [t for t in traces if t.label is not None]
-    methods = {method: verdicts, **baseline_verdicts(labelled, verdicts, seed)}
+    primary = next(iter(methods))
+    baselines = baseline_verdicts(labelled, methods[primary], seed)
     scored = {m: [score_record(t, vs.get(t.trace_id),
-                               candidates.get(t.trace_id) if m == method else None, k, threshold)
-                  for t in labelled] for m, vs in methods.items()}
-    ours = scored[method]
+                               candidates.get(t.trace_id) if m in methods else None, k, threshold)
+                  for t in labelled] for m, vs in {**methods, **baselines}.items()}
+    ours = scored[primary]
     subsets = sorted({r["subset"] for r in ours})
     conf = [float(r["confidence"]) for r in ours if r["confidence"] is not None]
     right = [r["correct"] for r in ours if r["confidence"] is not None]
     return {
-        "schema": "astra.eval/v1", "method": method, "k": k, "threshold": threshold,
+        "schema": "astra.eval/v1", "method": primary, "k": k, "threshold": threshold,
         "n_traces": len(traces), "n_labelled": len(labelled),
         "overall": {m: summarise(rs) for m, rs in scored.items()},
         "subsets": {s: {m: summarise([r for r in rs if r["subset"] == s])
@@ -190,4 +193,3 @@ def evaluate(traces: list[Trace], verdicts: dict[str, dict], candidates: dict[st
         "confusion": confusion(ours),
         "records": ours,
     }
-

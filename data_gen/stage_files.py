@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterable
 
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA
 
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one record per line; a longer line is not a record
+
 
 def _check_candidates(row: dict[str, Any]) -> None:
     agents = row.get("agents")
@@ -44,20 +46,20 @@ def read_stage_file(path: str | Path, schema: str) -> tuple[dict[str, dict], lis
     out: dict[str, dict] = {}
     bad: list[str] = []
     try:
-        f = open(path, encoding="utf-8", errors="strict")
+        f = open(path, "rb")
     except OSError as e:
         return {}, [f"{path}: cannot read ({e.strerror})"]
     with f:
-        n = 0
-        while True:
-            n += 1
+        for n, raw in enumerate(f, 1):
+            if len(raw) > MAX_LINE_BYTES:
+                bad.append(f"{path}:{n}: line of {len(raw):,} bytes is over the "
+                           f"{MAX_LINE_BYTES:,}-byte limit")
+                continue
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                bad.append(f"{path}:{n}: not UTF-8 ({e.reason}); the rest of the file is skipped")
-                break
-            if not line:
-                break
+                bad.append(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})")
+                continue
             if not line.strip():
                 continue
             try:

@@ -1,0 +1,242 @@
+"""Evaluation, the `astra run` pipeline, and the HTML reports as a browser shows them."""
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astra_eval.scoring import (area_under_risk_coverage, baseline_verdicts, evaluate,
+                                expected_calibration_error, risk_coverage)
+from data_gen.readers import write_traces
+from data_gen.trace import Label, Step, Task, Trace
+from browser import render
+from test_coarse import DEV, TINY, _sim
+
+
+def _trace(tid, agents, label):
+    steps = tuple(Step(i, a, f"step {i} by {a}") for i, a in enumerate(agents))
+    return Trace(tid, Task("q"), steps, label=Label(*label))
+
+
+def _v(tid, agent, step, conf=None):
+    return {"schema": "astra.verdict/v1", "trace_id": tid, "agent": agent, "step": step,
+            "confidence": conf}
+
+
+TRACES = [_trace("a", ["X", "Y", "X", "Y"], ("X", 2)), _trace("b", ["X", "Y", "Y"], ("Y", 2)),
+          _trace("c", ["P", "Q Expert"], ("Q Expert", 1)), _trace("d", ["X", "Y"], ("X", 0))]
+
+
+def test_strict_scoring_counts_every_labelled_trace():
+    verdicts = {"a": _v("a", "X", 2, 0.9),             # right
+                "b": _v("b", "Y", 1, 0.8),             # agent right, step one off
+                "c": _v("c", "  q   EXPERT ", 1, 0.3)}  # case and whitespace only: right
+    rep = evaluate(TRACES, {"ours": verdicts}, {})   # "d" has no verdict: wrong, still counted
+    s = rep["overall"]["ours"]
+    assert s["n"] == 4 and s["missing"] == 1
+    assert (s["agent_acc"], s["step_acc"], s["step_acc_pm1"]) == (0.75, 0.5, 0.75)
+    assert s["topk_agent_recall"] is None  # no candidates: nothing to recall
+    assert [r["correct"] for r in rep["records"]] == [True, False, True, False]
+    # "Q Expert" vs "QExpert" differs by more than whitespace: strict scoring says no
+    assert evaluate(TRACES[2:3], {"o": {"c": _v("c", "QExpert", 1)}}, {}
+                    )["overall"]["o"]["agent_acc"] == 0.0
+
+
+def test_threshold_gives_coverage_and_selective_accuracy():
+    verdicts = {"a": _v("a", "X", 2, 0.9), "b": _v("b", "Y", 1, 0.8), "c": _v("c", "P", 0, 0.3),
+                "d": _v("d", "X", 0, 0.2)}
+    s = evaluate(TRACES, {"o": verdicts}, {}, threshold=0.5)["overall"]["o"]
+    assert s["coverage"] == 0.5 and s["selective_acc"] == 0.5  # a right, b wrong above 0.5
+    assert s["step_acc"] == 0.5  # abstention never changes the strict figures
+
+
+def test_calibration_and_risk_coverage_by_hand():
+    conf = [0.95, 0.95, 0.55, 0.15]
+    right = [True, False, True, False]
+    # bins: [0.9,1.0): conf .95 acc .5 (n 2); [0.5,0.6): .55 vs 1 (n 1); [0.1,0.2): .15 vs 0
+    assert expected_calibration_error(conf, right) == pytest.approx(
+        (2 * 0.45 + 0.45 + 0.15) / 4)
+    pts = risk_coverage(conf, right)
+    # the two 0.95 answers enter together; one threshold cannot split a tie
+    assert [(p["coverage"], p["accuracy"]) for p in pts] == [(0.5, 0.5), (0.75, 2 / 3),
+                                                            (1.0, 0.5)]
+    assert area_under_risk_coverage(pts) == pytest.approx(0.5 * 0.5 + 0.25 / 3 + 0.25 * 0.5)
+
+
+def test_baselines_follow_their_rules():
+    b = baseline_verdicts(TRACES, {"b": _v("b", "x", 0)}, seed=1)
+    mf = b["most frequent agent, its first step"]
+    assert (mf["a"]["agent"], mf["a"]["step"]) == ("X", 0)   # tie X/Y: the first to speak
+    assert (mf["b"]["agent"], mf["b"]["step"]) == ("Y", 1)
+    pf = b["predicted agent, its first step"]
+    assert set(pf) == {"b"} and (pf["b"]["agent"], pf["b"]["step"]) == ("X", 0)
+    for t in TRACES:  # random: an agent of the run and one of its own steps
+        r = b["random"][t.trace_id]
+        assert t.steps[r["step"]].agent == r["agent"]
+
+
+def test_eval_cli_reports_bad_lines_and_scores_the_rest(tmp_path, capsys):
+    from astra_cli.main import main
+    p = tmp_path / "v.jsonl"
+    good = _v("1", "Excel_Expert", 0, 0.7)
+    p.write_bytes(json.dumps(good).encode() + b"\n{not json\n"
+                  + json.dumps({**_v("2", "X", "seven"), "confidence": 0.5}).encode() + b"\n"
+                  + json.dumps(_v("3", "X", 1, 1.7)).encode() + b"\n" + b"\xff\xfe bad\n")
+    rc = main(["eval", str(DEV / "1.json"), str(DEV / "2.json"), "--verdicts", str(p),
+               "--json", str(tmp_path / "e.json"), "--md", str(tmp_path / "e.md")])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert f"{p}:2:" in err and f"{p}:3: field 'step' must be an integer" in err
+    assert f"{p}:4: field 'confidence'" in err and f"{p}:5: not UTF-8" in err
+    rep = json.loads((tmp_path / "e.json").read_text())
+    ours = rep["overall"][rep["method"]]
+    assert ours["n"] == 2 and ours["missing"] == 1 and ours["agent_acc"] == 0.5
+    md = (tmp_path / "e.md").read_text()
+    assert "| set | method | n | agent | step |" in md and "most frequent agent" in md
+
+
+class OracleOfTheLastQuote(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that names the last step quoted in the prompt."""
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        steps = re.findall(r"<<<STEP (\d+) \| agent=([^>|]+?)[>|]", body["messages"][-1]["content"])
+        step, agent = steps[-1]
+        text = json.dumps({"agent": agent.strip(), "step": int(step), "reason": "last quoted"})
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
+                           "usage": {"prompt_tokens": 100, "completion_tokens": 20}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def coarse_run(tmp_path_factory):
+    from astra_jax.features import HashingEmbedder, featurise
+    from astra_jax.train import train
+    out = tmp_path_factory.mktemp("coarse") / "run"
+    tr, va = _sim(30, 21), [t for t in _sim(8, 22) if t.variant == "fatal"]
+    emb = HashingEmbedder()
+    train(TINY, tr, featurise(tr, emb), va, featurise(va, emb), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(coarse_run, tmp_path_factory):
+    """`astra run` on three development logs and a hostile trace, coarse only."""
+    from astra_cli.main import main
+    d = tmp_path_factory.mktemp("pipe")
+    hostile = Trace("evil<1>", Task("q"), (
+        Step(0, "Planner", "plan: fetch data"),
+        Step(1, "Coder", "<script>document.body.setAttribute('data-pwned','1')</script>"
+                         "<img src=x onerror=\"document.title='pwned'\"> ```bad```"),
+        Step(2, "Planner", "done </pre></div><b>not bold</b>")), label=Label("Coder", 1))
+    write_traces([hostile], d / "hostile.jsonl")
+    inputs = [str(DEV / "1.json"), str(DEV / "2.json"), str(DEV / "3.json"),
+              str(d / "hostile.jsonl")]
+    assert main(["run", *inputs, "--coarse", str(coarse_run), "--out", str(d / "out"),
+                 "--threshold", "0.2"]) == 0
+    return d, inputs
+
+
+def test_run_writes_every_stage_and_restarts_from_each(pipeline_run, tmp_path, capsys):
+    from astra_cli.main import main
+    d, inputs = pipeline_run
+    out = d / "out"
+    cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    verdicts = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert [c["trace_id"] for c in cands] == ["1", "2", "3", "evil<1>"]
+    for c, v in zip(cands, verdicts):  # coarse only: the top agent and its own top step
+        assert (v["agent"], v["step"], v["source"]) == (
+            c["agents"][0]["agent"], c["agents"][0]["steps"][0]["step"], "gnn")
+    rep = json.loads((out / "eval.json").read_text())
+    assert rep["n_labelled"] == 4 and "ASTRA-JAX coarse" in rep["overall"]
+    assert set(rep["subsets"]) == {"whowhen-algorithm", "native"}
+    assert (out / "report" / "index.html").exists()
+    assert len(list((out / "report" / "traces").glob("*.html"))) == 4
+
+    # fine stage from the coarse stage's file, against a real loopback endpoint
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), OracleOfTheLastQuote)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    (fine / "candidates.jsonl").write_text((out / "candidates.jsonl").read_text())
+    before = (fine / "candidates.jsonl").stat().st_mtime_ns
+    try:
+        assert main(["run", *inputs, "--from", "fine", "--out", str(fine), "--llm-url",
+                     f"http://127.0.0.1:{srv.server_port}/v1", "--no-html"]) == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert (fine / "candidates.jsonl").stat().st_mtime_ns == before  # reused, not rewritten
+    vs = [json.loads(x) for x in (fine / "verdicts.jsonl").read_text().splitlines()]
+    assert len(vs) == 4 and all(v["source"] == "llm" and v["tokens"]["prompt"] == 100
+                                for v in vs)
+    rep = json.loads((fine / "eval.json").read_text())
+    assert list(rep["overall"])[:2] == [f"ASTRA-JAX coarse→fine (endpoint:http://127.0.0.1:"
+                                        f"{srv.server_port}/v1)", "ASTRA-JAX coarse only"]
+
+    # report only, from the files; a stage file missing is a clear error
+    assert main(["run", *inputs, "--from", "report", "--out", str(fine), "--no-html"]) == 0
+    empty = tmp_path / "empty"
+    assert main(["run", *inputs, "--from", "fine", "--out", str(empty)]) == 2
+    assert "needs" in capsys.readouterr().err
+
+
+def _check_page(page: Path, png: Path):
+    r = render(page, png)
+    assert r.body_attr("data-ready") == "1", "the page's script did not finish"
+    assert r.body_attr("data-errors") is None, r.body_attr("data-errors")
+    assert "Uncaught" not in r.console, r.console[-2000:]
+    return r
+
+
+def _red_pixels(png: Path, box: tuple[int, int, int, int]) -> int:
+    from PIL import Image
+    x, y, w, h = box
+    px = np.asarray(Image.open(png).convert("RGB").crop((x - 2, y - 2, x + w + 2, y + h + 2)),
+                    dtype=int)
+    return int(((px[..., 0] > 180) & (px[..., 1] < 90) & (px[..., 2] < 90)).sum())
+
+
+def test_trace_pages_render_in_chromium_with_the_step_highlighted(pipeline_run, tmp_path):
+    d, _ = pipeline_run
+    out = d / "out"
+    verdicts = {v["trace_id"]: v for v in map(json.loads,
+                                              (out / "verdicts.jsonl").read_text().splitlines())}
+    index = out / "report" / "index.html"
+    links = dict(re.findall(r'<a href="(traces/[^"]+)">([^<]+)</a>', index.read_text()))
+    assert sorted(links.values()) == ["1", "2", "3", "evil&lt;1&gt;"]
+    for href, tid in links.items():
+        tid = tid.replace("&lt;", "<").replace("&gt;", ">")
+        r = _check_page(out / "report" / href, tmp_path / f"{len(tid)}-{tid[:3]}.png")
+        step = verdicts[tid]["step"]
+        assert r.body_attr("data-highlighted") == str(step)
+        assert f'id="step-{step}" class="step attributed' in r.dom or \
+            re.search(rf'class="step attributed[^"]*" id="step-{step}"', r.dom)
+        box = tuple(int(v) for v in r.body_attr("data-highlight-box").split(","))
+        assert box[2] > 0 and box[3] > 0
+        assert _red_pixels(r.screenshot, box) > 20, "the attributed step is not outlined in red"
+        assert 'id="dhcg"' in r.dom and 'id="timeline"' in r.dom and "node-tool" in r.dom
+        if tid == "evil<1>":  # the log's markup is shown as text, never run
+            assert r.body_attr("data-pwned") is None and "<title>pwned" not in r.dom
+            assert "&lt;script&gt;" in r.dom and "<b>not bold</b>" not in r.dom
+
+
+def test_run_page_renders_in_chromium(pipeline_run, tmp_path):
+    d, _ = pipeline_run
+    r = _check_page(d / "out" / "report" / "index.html", tmp_path / "index.png")
+    for part in ('id="accuracy"', 'id="risk-coverage"', 'id="reliability"', 'id="confusion"',
+                 'id="traces"', "most frequent agent, its first step"):
+        assert part in r.dom
+    from PIL import Image
+    px = np.asarray(Image.open(r.screenshot).convert("RGB").resize((64, 64))).reshape(-1, 3)
+    assert len(np.unique(px, axis=0)) > 8  # drew something, not a blank page
