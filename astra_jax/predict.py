@@ -42,3 +42,14 @@ def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[
             node_offset += len(g.node_type)
             agent_offset += len(g.agents)
     return out
+
+
+def internals(params, cfg: TrainConfig, trace: Trace, feat: Featurised) -> dict[str, np.ndarray]:
+    """What the model looked at for one trace: the last spatial block's attention on each edge
+    [E, heads] and each node's expert routing probabilities [N, experts]. For inspection (the
+    notebooks); prediction never needs it."""
+    from astra_jax.model import AstraMoE
+    b = pack_batch([feat], [labels_of(trace)], 1)
+    out = AstraMoE(cfg.model).apply({"params": params}, b)
+    n, e = len(feat.graph.node_type), len(feat.graph.senders)
+    return {"attention": np.asarray(out.attention)[:e], "routing": np.asarray(out.router_probs)[:n]}
