@@ -22,7 +22,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="never seen in training; appears in the held-out test split")
     d.add_argument("--coarse-only", action="store_true", help="skip the tiny fine-stage model")
     d.add_argument("--tiny-pretrain-steps", type=int, default=150)
-    d.add_argument("--tiny-lora-steps", type=int, default=60)
+    d.add_argument("--tiny-lora-steps", type=int, default=100)
     d.add_argument("--threshold", type=float, default=0.5,
                    help="confidence below which a verdict is reported as unsure")
     d.set_defaults(func=cmd_demo)
@@ -100,14 +100,18 @@ def _tiny_fine_stage(args: argparse.Namespace, train_traces):
     to read logs well; point `astra run --model` at Qwen3-8B for that."""
     from llm_stage.backends import LocalBackend
     from llm_stage.finetune import FinetuneConfig, finetune
+    from llm_stage.prompts import answer_json
     from llm_stage.sft import sft_rows
     from llm_stage.tiny import build_tiny_model
 
     sample = train_traces[:: max(1, len(train_traces) // 300)]
     print(f"== 6. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
           f"{len(sample)} simulated traces")
-    base = build_tiny_model(args.out / "tiny_model", [s.content for t in sample for s in t.steps],
-                            pretrain_steps=args.tiny_pretrain_steps)
+    # its tokenizer and pre-training see log text and answers, as a real base has seen both
+    texts = [s.content for t in sample for s in t.steps] + [
+        answer_json(t.label.agent, t.label.step, t.label.mode, t.label.reason)
+        for t in sample if t.label]
+    base = build_tiny_model(args.out / "tiny_model", texts, pretrain_steps=args.tiny_pretrain_steps)
     backend = LocalBackend(base)
     train_rows, held, _ = sft_rows(sample, {}, budget=3000, count=backend.count)
     cfg = FinetuneConfig(base_model=str(base), out_dir=str(args.out / "tiny_lora"),

@@ -11,6 +11,7 @@ COLUMNS = (("n", "n"), ("agent", "agent_acc"), ("step", "step_acc"), ("step ±1"
 
 
 def cell(v: Any) -> str:
+    """One table cell: 3 decimals, thousands separators, "-" for nothing to report."""
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -19,12 +20,12 @@ def cell(v: Any) -> str:
         return f"{v:,}"
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
-    return str(v).replace("|", "\\|")
+    return str(v)
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 

@@ -17,11 +17,11 @@ from data_gen.trace import VERDICT_SCHEMA, Trace, normalise_agent as norm
 
 def subset_of(trace: Trace) -> str:
     """The benchmark subset a trace belongs to: its source format (Who&When's two subsets,
-    TracerTraj), or for native traces the simulated topology."""
+    TracerTraj), and for other traces (native, simulated) the format and team topology."""
     fmt = trace.source.get("format", "native")
-    if fmt != "native":
+    if fmt.startswith("whowhen") or fmt == "tracertraj" or not trace.system.topology:
         return fmt
-    return f"astra-gen/{trace.system.topology}" if trace.system.topology else "native"
+    return f"{fmt}/{trace.system.topology}"
 
 
 def score_record(trace: Trace, verdict: dict | None, cands: dict | None, k: int,
