@@ -66,6 +66,14 @@ document.addEventListener('DOMContentLoaded', function () {
       });
     });
   }
+  // long traces: scroll the timeline and the graph sideways to the attributed step
+  ['attributed-step', 'attributed-node'].forEach(function (id) {
+    var el = document.getElementById(id), box = el && el.closest('.scroll');
+    if (box) {
+      var x = el.getBoundingClientRect().left - box.getBoundingClientRect().left + box.scrollLeft;
+      box.scrollLeft = Math.max(0, x - box.clientWidth / 2);
+    }
+  });
   var a = document.getElementById('attributed-step');
   document.body.setAttribute('data-highlighted', a ? a.getAttribute('data-step') : '');
   if (a) {

@@ -10,7 +10,8 @@ import pytest
 
 from astra_eval.scoring import (area_under_risk_coverage, baseline_verdicts, evaluate,
                                 expected_calibration_error, risk_coverage)
-from data_gen.readers import write_traces
+from data_gen.readers import load_traces, write_traces
+from data_gen.sim.generate import GenConfig, generate
 from data_gen.trace import Label, Step, Task, Trace
 from browser import render
 from test_coarse import DEV, TINY, _sim
@@ -139,7 +140,10 @@ def pipeline_run(coarse_run, tmp_path_factory):
         Step(1, "Coder", "<script>document.body.setAttribute('data-pwned','1')</script>"
                          "<img src=x onerror=\"document.title='pwned'\"> ```bad```"),
         Step(2, "Planner", "done </pre></div><b>not bold</b>")), label=Label("Coder", 1))
-    write_traces([hostile], d / "hostile.jsonl")
+    long = max((t for r in generate(GenConfig(n_tasks=4, seed=23, min_tools=24, workers=1))
+                for t in r.traces if t.variant == "fatal"), key=lambda t: t.label.step)
+    assert 16 * long.label.step > 1600  # off the window: the page must scroll to the step
+    write_traces([hostile, long], d / "hostile.jsonl")
     inputs = [str(DEV / "1.json"), str(DEV / "2.json"), str(DEV / "3.json"),
               str(d / "hostile.jsonl")]
     assert main(["run", *inputs, "--coarse", str(coarse_run), "--out", str(d / "out"),
@@ -153,15 +157,17 @@ def test_run_writes_every_stage_and_restarts_from_each(pipeline_run, tmp_path, c
     out = d / "out"
     cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
     verdicts = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
-    assert [c["trace_id"] for c in cands] == ["1", "2", "3", "evil<1>"]
+    assert [c["trace_id"] for c in cands][:4] == ["1", "2", "3", "evil<1>"]
     for c, v in zip(cands, verdicts):  # coarse only: the top agent and its own top step
         assert (v["agent"], v["step"], v["source"]) == (
             c["agents"][0]["agent"], c["agents"][0]["steps"][0]["step"], "gnn")
     rep = json.loads((out / "eval.json").read_text())
-    assert rep["n_labelled"] == 4 and "ASTRA-JAX coarse" in rep["overall"]
-    assert set(rep["subsets"]) == {"whowhen-algorithm", "native"}
+    assert rep["n_labelled"] == 5 and "ASTRA-JAX coarse" in rep["overall"]
+    long = load_traces(d / "hostile.jsonl").traces[1]
+    assert set(rep["subsets"]) == {"whowhen-algorithm", "native",
+                                   f"astra-gen/{long.system.topology}"}
     assert (out / "report" / "index.html").exists()
-    assert len(list((out / "report" / "traces").glob("*.html"))) == 4
+    assert len(list((out / "report" / "traces").glob("*.html"))) == 5
 
     # fine stage from the coarse stage's file, against a real loopback endpoint
     srv = ThreadingHTTPServer(("127.0.0.1", 0), OracleOfTheLastQuote)
@@ -178,7 +184,7 @@ def test_run_writes_every_stage_and_restarts_from_each(pipeline_run, tmp_path, c
         srv.server_close()
     assert (fine / "candidates.jsonl").stat().st_mtime_ns == before  # reused, not rewritten
     vs = [json.loads(x) for x in (fine / "verdicts.jsonl").read_text().splitlines()]
-    assert len(vs) == 4 and all(v["source"] == "llm" and v["tokens"]["prompt"] == 100
+    assert len(vs) == 5 and all(v["source"] == "llm" and v["tokens"]["prompt"] == 100
                                 for v in vs)
     rep = json.loads((fine / "eval.json").read_text())
     assert list(rep["overall"])[:2] == [f"ASTRA-JAX coarse→fine (endpoint:http://127.0.0.1:"
@@ -208,13 +214,22 @@ def _red_pixels(png: Path, box: tuple[int, int, int, int]) -> int:
 
 
 def test_trace_pages_render_in_chromium_with_the_step_highlighted(pipeline_run, tmp_path):
-    d, _ = pipeline_run
-    out = d / "out"
-    verdicts = {v["trace_id"]: v for v in map(json.loads,
-                                              (out / "verdicts.jsonl").read_text().splitlines())}
+    from astra_cli.main import main
+    d, inputs = pipeline_run
+    # the long trace's verdict moved to its labelled step, far right of the window, and the
+    # report redrawn from the stage files: the page has to bring that step into view
+    out = tmp_path / "late"
+    out.mkdir()
+    (out / "candidates.jsonl").write_text((d / "out" / "candidates.jsonl").read_text())
+    long = load_traces(d / "hostile.jsonl").traces[1]
+    verdicts = {v["trace_id"]: v for v in map(
+        json.loads, (d / "out" / "verdicts.jsonl").read_text().splitlines())}
+    verdicts[long.trace_id].update(agent=long.label.agent, step=long.label.step)
+    (out / "verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts.values()))
+    assert main(["run", *inputs, "--from", "report", "--out", str(out)]) == 0
     index = out / "report" / "index.html"
     links = dict(re.findall(r'<a href="(traces/[^"]+)">([^<]+)</a>', index.read_text()))
-    assert sorted(links.values()) == ["1", "2", "3", "evil&lt;1&gt;"]
+    assert sorted(links.values())[:4] == ["1", "2", "3", "evil&lt;1&gt;"] and len(links) == 5
     for href, tid in links.items():
         tid = tid.replace("&lt;", "<").replace("&gt;", ">")
         r = _check_page(out / "report" / href, tmp_path / f"{len(tid)}-{tid[:3]}.png")
