@@ -12,7 +12,8 @@ from data_gen.stats import STATS_HEADERS, stats_rows
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="the whole job on embedded defaults: simulate, train, attribute, report")
+    d = sub.add_parser("demo", help="the whole job on embedded defaults: simulate, train, "
+                       "attribute, report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--tasks", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
