@@ -104,11 +104,13 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
         inputs = tuple(latest[c] for c in tool.consumes)
         if ch.ledger:
             actions.append(Action(team.coordinator, "ledger", "thought", chunk=k))
-        instruct = Action(team.coordinator, "instruct", "message", tool=tool, inputs=inputs,
-                          to=executor, chunk=k)
-        actions.append(instruct)
+        lead = executor == team.coordinator  # a coordinator who does this tool itself
+        if not lead:
+            instruct = Action(team.coordinator, "instruct", "message", tool=tool, inputs=inputs,
+                              to=executor, chunk=k)
+            actions.append(instruct)
+            instruct.call = len(actions)
         call_index = len(actions)
-        instruct.call = call_index
         out = new_artifact()
         actions.append(Action(executor, "call", "tool_call", tool=tool, inputs=inputs, output=out,
                               chunk=k))
@@ -119,7 +121,8 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
             out = res
         handoff_out = new_artifact()
         actions.append(Action(executor, "handoff", "message", tool=tool, inputs=(out,),
-                              output=handoff_out, to=team.coordinator, call=call_index, chunk=k))
+                              output=handoff_out, to=team.verifier if lead else team.coordinator,
+                              call=call_index, chunk=k))
         latest[tool.produces] = handoff_out
         if ch.rubber_verify or heal_chunk == k:
             v_out = new_artifact()
@@ -127,7 +130,7 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
                                   inputs=(handoff_out,), output=v_out, call=call_index,
                                   diligent=heal_chunk == k, chunk=k))
             latest[tool.produces] = v_out
-        if ch.chat:
+        if ch.chat and not lead:
             actions.append(Action(team.coordinator, "chat", "message", to=executor, chunk=k))
     actions.append(Action(team.verifier, "final", "message", inputs=(latest[walk[-1].produces],),
                           chunk=len(walk)))

@@ -62,6 +62,8 @@ def _trace(team: Team, plan: Plan, run: Run, fault: Fault | None, label: Label |
         refs = {plan.producer[j] for j in a.inputs if plan.producer[j] >= 0}
         if i in instruct_of:
             refs.add(instruct_of[i])
+        elif a.op == "call" and not refs:
+            refs.add(0)  # a lead's own call on the question follows its own plan
         if team.framework == "magentic-one":
             role = f"{a.agent} (thought)" if a.kind == "thought" else (
                 f"{a.agent} (-> {a.to})" if a.to else a.agent)

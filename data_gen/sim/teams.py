@@ -48,6 +48,20 @@ TEAMS: dict[str, Team] = {
                "Verification_Expert": "checks results before the answer is given",
                "Computer_terminal": "executes code blocks"},
         env_skills=frozenset({"web", "file", "code", "compute"})),
+    # Who&When's CaptainAgent logs open with the task and plan under the name of an expert who
+    # then does hands-on work; that opener is the labelled agent in about half of them
+    "captain-agent-lead": Team(
+        topology="captain-agent-lead", framework="autogen-captainagent",
+        coordinator="DataAnalysis_Expert",
+        executors={"web": "WebResearch_Expert", "file": "DataAnalysis_Expert",
+                   "code": "DataAnalysis_Expert", "compute": "Statistics_Expert"},
+        verifier="Verification_Expert", env_agent="Computer_terminal",
+        roles={"DataAnalysis_Expert": "leads the task and analyses data with code",
+               "WebResearch_Expert": "finds information online",
+               "Statistics_Expert": "computes statistics",
+               "Verification_Expert": "checks results before the answer is given",
+               "Computer_terminal": "executes code blocks"},
+        env_skills=frozenset({"web", "file", "code", "compute"})),
     "metagpt": Team(
         topology="metagpt", framework="metagpt", coordinator="Team Leader",
         executors={"spec": "Product Manager", "design": "Architect", "build": "Engineer",
