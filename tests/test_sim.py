@@ -62,6 +62,18 @@ def test_refs_point_back_and_tool_steps_depend_on_earlier_outputs(traces):
         assert calls and all(s.refs for s in calls)
 
 
+def test_a_lead_who_works_itself_can_be_the_faulty_agent():
+    ts = [t for r in generate(GenConfig(n_tasks=80, seed=9, workers=1,
+                                        topologies=("captain-agent-lead",)))
+          for t in r.traces if t.variant == "fatal"]
+    lead = TEAMS["captain-agent-lead"].coordinator
+    assert all(t.steps[0].agent == lead for t in ts)
+    assert any(s.agent == lead and s.kind == "tool_call" for t in ts for s in t.steps)
+    assert all(s.to != s.agent for t in ts for s in t.steps)  # never addresses itself
+    on_lead = sum(t.label.agent == lead for t in ts) / len(ts)
+    assert 0.2 < on_lead < 0.8  # blamed often, as the opener is in real logs, but not always
+
+
 def _plan(seed):
     rng = random.Random(seed)
     team = TEAMS["captain-agent"]
