@@ -107,7 +107,10 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
         nagent[no + g.step_node] = ao + g.step_agent
         senders[eo:eo + e], receivers[eo:eo + e] = no + g.senders, no + g.receivers
         etype[eo:eo + e], emask[eo:eo + e] = g.edge_type, 1.0
-        agraph[ao:ao + a], amask[ao:ao + a] = gi, 1.0
+        # the environment is never blamed (R6), unless a label says otherwise
+        agraph[ao:ao + a], amask[ao:ao + a] = gi, 1.0 - g.agent_is_env
+        if agent >= 0:
+            amask[ao + agent] = 1.0
         n_node[gi], n_edge[gi], gmask[gi], failed[gi] = n, e, 1.0, fail
         if step >= 0 and agent >= 0:
             tnode[gi], tagent[gi], lmask[gi] = no + g.step_node[step], ao + agent, 1.0

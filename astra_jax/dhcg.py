@@ -21,6 +21,9 @@ R3 tool output: `exitcode:`, `Traceback`, `Observation:` or a tool_result kind i
 R4 reuse: a URL, file name or number of 3+ digits seen in an earlier step links the earlier step
    node to this one (reference), through an artifact node.
 R5 error: exit code ≠ 0, `Error`/`Exception`/`Traceback` or tool status error set error signals.
+R6 environment: an agent all of whose steps are tool output (R3, or AutoGen's executor notice
+   "There is no code from the last ... message for me to execute") is the environment (a code
+   terminal, a tool runner). It reports; it does not decide, so it is never a candidate.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ _NUM = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")
 _CODE = re.compile(r"```")
 _ERR = re.compile(r"Traceback|Error\b|Exception|exitcode: [1-9]|execution failed|failed\)")
 _EXIT = re.compile(r"exitcode: (\d+)")
+_NO_CODE = re.compile(r"There is no code from the last \d+ messages? for me to execute")
 
 
 def values_in(text: str) -> set[str]:
@@ -62,7 +66,8 @@ class DHCG:
     edge_type: np.ndarray  # [E] int, index into EDGE_TYPES
     agents: tuple[str, ...]
     signals: np.ndarray  # [S, K] float, per-step inferred signals (see STEP_SIGNALS)
-    entities: tuple[tuple[str, str], ...] = ()  # (node type, name) of each entity index
+    entities: tuple[tuple[str, str], ...]  # (node type, name) of each entity index
+    agent_is_env: np.ndarray  # [A] bool, R6: the agent only reports tool output
 
 
 STEP_SIGNALS = ("has_code", "has_error", "exit_nonzero", "tool_error", "n_values_log",
@@ -80,6 +85,7 @@ def build_dhcg(trace: Trace) -> DHCG:
     step_node, step_agent, signals = [], [], []
     seen_values: dict[str, int] = {}  # value -> step node that first showed it
     prev_error = 0.0
+    reports = [True] * len(agents)  # R6: every step so far was tool output
 
     def state(kind: str, name: str, step: int) -> int:
         key = (kind, name)
@@ -117,6 +123,7 @@ def build_dhcg(trace: Trace) -> DHCG:
             edge(me, t, "invoke")
         is_result = s.kind == "tool_result" or text.lstrip().startswith(
             ("exitcode:", "Observation:"))
+        reports[agent_ix[s.agent]] &= is_result or bool(_NO_CODE.match(text.lstrip()))  # R6
         if is_result:  # R3
             t = state("tool", tool_name or "python", s.index)
             edge(t, me, "return")
@@ -148,4 +155,4 @@ def build_dhcg(trace: Trace) -> DHCG:
     return DHCG(as_int(n_type), as_int(n_step), as_int(n_ent), as_int(step_node),
                 as_int(step_agent), as_int(senders), as_int(receivers), as_int(etypes), agents,
                 np.asarray(signals, dtype=np.float32).reshape(len(trace.steps), len(STEP_SIGNALS)),
-                tuple(entity_ix))
+                tuple(entity_ix), np.asarray(reports, bool) & (not all(reports)))

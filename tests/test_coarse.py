@@ -39,6 +39,25 @@ def test_dhcg_rules_on_a_real_log():
     assert any(s in g.step_node for s, _ in refs)
 
 
+def test_the_environment_is_never_a_candidate():
+    """R6: on real logs, AutoGen's Computer_terminal (exit codes and "no code to execute"
+    notices) is the environment and gets no agent score; a label on it would still count."""
+    devs = load_traces([DEV / f"{i}.json" for i in range(1, 21)]).traces
+    for t in devs:
+        g = build_dhcg(t)
+        assert [a for a, e in zip(g.agents, g.agent_is_env) if e] == (
+            ["Computer_terminal"] if "Computer_terminal" in t.agents else [])
+    t = next(t for t in devs if "Computer_terminal" in t.agents)
+    term = t.agents.index("Computer_terminal")
+    f = featurise([t], HashingEmbedder())
+    assert pack_batch(f, [labels_of(t)], 2).agent_mask[term] == 0.0
+    step = next(s.index for s in t.steps if s.agent == "Computer_terminal")
+    assert pack_batch(f, [(step, term, 1, -1)], 2).agent_mask[term] == 1.0
+    solo = Trace("solo", Task("q"), (Step(0, "Tool", "exitcode: 0"),
+                                     Step(1, "Tool", "exitcode: 1")))
+    assert not build_dhcg(solo).agent_is_env.any()  # a log of one reporter still has a suspect
+
+
 def test_dhcg_follows_exact_refs_of_simulated_traces():
     t = _sim(3, 1)[0]
     g = build_dhcg(t)
