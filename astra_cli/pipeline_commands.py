@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -132,7 +133,11 @@ class RunOptions:
 def coarse_stage(run: Path, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
     from astra_cli.coarse_commands import predict_traces
     print(f"== coarse stage: {len(traces)} traces, model {run}")
+    t0 = time.perf_counter()
     cands = predict_traces(run, traces, k)
+    share = round((time.perf_counter() - t0) / max(len(cands), 1), 4)
+    for c in cands:  # the batch's time, loading and featurising included, shared per trace
+        c["latency_s"] = share
     write_stage_file(cands, path)
     print(f"wrote {len(cands)} candidate records to {path}")
     return {c["trace_id"]: c for c in cands}
@@ -154,6 +159,8 @@ def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOp
             if isinstance(v, str):
                 print(f"fine stage failed: {v}", file=sys.stderr)
                 continue
+            coarse = cands.get(v["trace_id"], {}).get("latency_s", 0.0)
+            v["latency_s"] = round(v["latency_s"] + coarse, 4)  # the whole pipeline's time
             verdicts[v["trace_id"]] = v
         for t in traces:
             if t.trace_id not in verdicts and t.trace_id in cands:

@@ -96,7 +96,8 @@ def coarse_verdict(candidates: dict) -> dict[str, Any]:
     return {"schema": VERDICT_SCHEMA, "trace_id": candidates["trace_id"], "agent": agent,
             "step": step, "mode": None, "reason": "coarse stage's top agent and its top step",
             "confidence": round(conf, 6), "source": "gnn", "fallback": False,
-            "tokens": {"prompt": 0, "completion": 0, "calls": 0}}
+            "tokens": {"prompt": 0, "completion": 0, "calls": 0},
+            **({"latency_s": candidates["latency_s"]} if "latency_s" in candidates else {})}
 
 
 def write_stage_file(rows: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -161,6 +161,7 @@ def test_run_writes_every_stage_and_restarts_from_each(pipeline_run, tmp_path, c
     for c, v in zip(cands, verdicts):  # coarse only: the top agent and its own top step
         assert (v["agent"], v["step"], v["source"]) == (
             c["agents"][0]["agent"], c["agents"][0]["steps"][0]["step"], "gnn")
+        assert v["latency_s"] == c["latency_s"] > 0
     rep = json.loads((out / "eval.json").read_text())
     assert rep["n_labelled"] == 5 and "ASTRA-JAX coarse" in rep["overall"]
     long = load_traces(d / "hostile.jsonl").traces[1]
@@ -186,6 +187,7 @@ def test_run_writes_every_stage_and_restarts_from_each(pipeline_run, tmp_path, c
     vs = [json.loads(x) for x in (fine / "verdicts.jsonl").read_text().splitlines()]
     assert len(vs) == 5 and all(v["source"] == "llm" and v["tokens"]["prompt"] == 100
                                 for v in vs)
+    assert all(v["latency_s"] > c["latency_s"] for v, c in zip(vs, cands))  # both stages
     rep = json.loads((fine / "eval.json").read_text())
     assert list(rep["overall"])[:2] == [f"ASTRA-JAX coarse→fine (endpoint:http://127.0.0.1:"
                                         f"{srv.server_port}/v1)", "ASTRA-JAX coarse only"]
