@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from astra_cli.table import format_table
-from data_gen.readers import load_traces
+from data_gen.readers import load_valid_traces
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -40,13 +40,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_attribute)
 
 
-def _load(paths: list[Path]):
-    report = load_traces(paths)
-    for e in report.errors:
-        print(f"skipped (invalid): {e}", file=sys.stderr)
-    return report.traces
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from astra_jax.features import featurise, make_embedder
     from astra_jax.model import ModelConfig
@@ -63,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tr, va = _load(args.data), _load(args.val)
+    tr, va = load_valid_traces(args.data), load_valid_traces(args.val)
     if not tr or not va:
         print("error: no valid training or validation traces", file=sys.stderr)
         return 1
@@ -95,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from astra_eval.scoring import evaluate
     from data_gen.stage_files import coarse_verdict, write_stage_file
 
-    traces = _load(args.data)
+    traces = load_valid_traces(args.data)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1
@@ -114,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    traces = _load([args.trace])
+    traces = load_valid_traces([args.trace])
     if not traces:
         return 1
     t = traces[0]

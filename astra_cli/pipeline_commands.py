@@ -15,8 +15,8 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from data_gen.readers import load_traces
-from data_gen.stage_files import coarse_verdict, read_stage_file, write_stage_file
+from data_gen.readers import load_valid_traces
+from data_gen.stage_files import coarse_verdict, read_stage_rows, write_stage_file
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA, Trace
 
 STAGES = ("coarse", "fine", "report")
@@ -59,20 +59,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
-def _load(paths: list[Path]) -> list[Trace]:
-    report = load_traces(paths)
-    for e in report.errors:
-        print(f"skipped (invalid): {e}", file=sys.stderr)
-    return report.traces
-
-
-def _read(path: Path, schema: str) -> dict[str, dict]:
-    rows, bad = read_stage_file(path, schema)
-    for b in bad:
-        print(f"skipped: {b}", file=sys.stderr)
-    return rows
-
-
 def methods_of(verdicts: dict[str, dict], cands: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """The methods a run's verdicts stand for. When a fine stage produced them, the coarse
     stage alone is scored beside it, so the table shows what the language model adds."""
@@ -106,9 +92,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.verdicts and not args.candidates:
         print("error: give --verdicts, --candidates or both", file=sys.stderr)
         return 2
-    traces = _load(args.traces)
-    cands = _read(args.candidates, CANDIDATES_SCHEMA) if args.candidates else {}
-    verdicts = (_read(args.verdicts, VERDICT_SCHEMA) if args.verdicts
+    traces = load_valid_traces(args.traces)
+    cands = read_stage_rows(args.candidates, CANDIDATES_SCHEMA) if args.candidates else {}
+    verdicts = (read_stage_rows(args.verdicts, VERDICT_SCHEMA) if args.verdicts
                 else {k: coarse_verdict(c) for k, c in cands.items()})
     unknown = set(verdicts) - {t.trace_id for t in traces}
     if unknown:
@@ -189,9 +175,9 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
     if first == 0 and coarse_run is None:
         raise SystemExit("error: --coarse RUN_DIR is needed to start from the coarse stage")
     cands = (coarse_stage(coarse_run, traces, opts.top_k, cand_path) if first == 0
-             else _read(cand_path, CANDIDATES_SCHEMA))
+             else read_stage_rows(cand_path, CANDIDATES_SCHEMA))
     verdicts = (fine_stage(backend, traces, cands, opts, verdict_path) if first <= 1
-                else _read(verdict_path, VERDICT_SCHEMA))
+                else read_stage_rows(verdict_path, VERDICT_SCHEMA))
     report = evaluate_and_write(traces, methods_of(verdicts, cands), cands, opts.top_k,
                                 opts.threshold, opts.seed, out / "eval.json", out / "eval.md")
     if opts.html:
@@ -202,7 +188,7 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    traces = _load(args.traces)
+    traces = load_valid_traces(args.traces)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1

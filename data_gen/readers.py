@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -200,6 +201,15 @@ def load_traces(paths: str | Path | Iterable[str | Path], **kw) -> LoadReport:
                 where = trace.source.get("path", trace.trace_id)
                 report.warnings += [f"{where}: {w}" for w in warnings]
     return report
+
+
+def load_valid_traces(paths: Iterable[str | Path]) -> list[Trace]:
+    """For batch commands: the valid traces; each invalid record is reported on stderr, named
+    by file and field, and the rest carry on."""
+    report = load_traces(paths)
+    for e in report.errors:
+        print(f"skipped (invalid): {e}", file=sys.stderr)
+    return report.traces
 
 
 # --- writers --------------------------------------------------------------------------------

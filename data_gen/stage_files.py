@@ -5,6 +5,7 @@ line, field) and keeps the good ones.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -80,6 +81,14 @@ def read_stage_file(path: str | Path, schema: str) -> tuple[dict[str, dict], lis
                            "the later line is kept")
             out[tid] = row
     return out, bad
+
+
+def read_stage_rows(path: str | Path, schema: str) -> dict[str, dict]:
+    """For batch commands: the good rows by trace id; each bad line is reported on stderr."""
+    rows, bad = read_stage_file(path, schema)
+    for b in bad:
+        print(f"skipped: {b}", file=sys.stderr)
+    return rows
 
 
 def coarse_choice(candidates: dict) -> tuple[str, int, float]:

@@ -6,25 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.readers import load_traces
-
-
-def _traces(paths: list[Path]):
-    report = load_traces(paths)
-    for e in report.errors:
-        print(f"skipped (invalid): {e}", file=sys.stderr)
-    return report.traces
+from data_gen.readers import load_valid_traces
 
 
 def _candidates(path: Path | None) -> dict[str, dict]:
-    if path is None:
-        return {}
-    from data_gen.stage_files import read_stage_file
+    from data_gen.stage_files import read_stage_rows
     from data_gen.trace import CANDIDATES_SCHEMA
-    rows, bad = read_stage_file(path, CANDIDATES_SCHEMA)
-    for b in bad:
-        print(f"skipped (invalid candidates): {b}", file=sys.stderr)
-    return rows
+    return {} if path is None else read_stage_rows(path, CANDIDATES_SCHEMA)
 
 
 def make_backend(args: argparse.Namespace):
@@ -54,7 +42,7 @@ def cmd_prep(args) -> int:
     from llm_stage.sft import sft_rows
     from llm_stage.backends import token_counter
     counter = token_counter(args.tokenizer)
-    train, held, skipped = sft_rows(_traces(args.traces), _candidates(args.candidates),
+    train, held, skipped = sft_rows(load_valid_traces(args.traces), _candidates(args.candidates),
                                     args.budget, counter, args.top_k, args.held_out)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", train), ("heldout.jsonl", held)):
@@ -87,7 +75,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_localize(args) -> int:
     from llm_stage.localize import localize
-    traces = _traces(args.traces)
+    traces = load_valid_traces(args.traces)
     backend = make_backend(args)
     n = failed = 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +110,7 @@ def cmd_serve(args) -> int:
 
 def cmd_tiny(args) -> int:
     from llm_stage.tiny import build_tiny_model
-    texts = [s.content for t in _traces(args.traces) for s in t.steps]
+    texts = [s.content for t in load_valid_traces(args.traces) for s in t.steps]
     out = build_tiny_model(args.out, texts, pretrain_steps=args.pretrain_steps)
     print(f"tiny Qwen3 model written to {out}")
     return 0

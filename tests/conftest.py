@@ -5,6 +5,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 
+def send_completion(handler: BaseHTTPRequestHandler, text: str, prompt_tokens: int,
+                    completion_tokens: int) -> None:
+    """Answer a request as an OpenAI-compatible chat endpoint does."""
+    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
+                       "usage": {"prompt_tokens": prompt_tokens,
+                                 "completion_tokens": completion_tokens}}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeChatModel(BaseHTTPRequestHandler):
     """A real OpenAI-compatible HTTP endpoint on loopback: rewrites the quoted message, fails with
     503 on every `fail_every`-th request, and drops values on request `drop_on`."""
@@ -29,14 +42,7 @@ class FakeChatModel(BaseHTTPRequestHandler):
         user = body["messages"][-1]["content"]
         original = user.split("<<<\n", 1)[1].rsplit("\n>>>", 1)[0]
         text = "In my words: " + original if n != srv.drop_on else "I did the thing."
-        out = {"choices": [{"message": {"role": "assistant", "content": text}}],
-               "usage": {"prompt_tokens": len(user.split()), "completion_tokens": len(text.split())}}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_completion(self, text, len(user.split()), len(text.split()))
 
     def log_message(self, *args):
         pass

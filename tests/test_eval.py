@@ -14,6 +14,7 @@ from data_gen.readers import load_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
 from data_gen.trace import Label, Step, Task, Trace
 from browser import render
+from conftest import send_completion
 from test_coarse import DEV, TINY, _sim
 
 
@@ -107,13 +108,7 @@ class OracleOfTheLastQuote(BaseHTTPRequestHandler):
         steps = re.findall(r"<<<STEP (\d+) \| agent=([^>|]+?)[>|]", body["messages"][-1]["content"])
         step, agent = steps[-1]
         text = json.dumps({"agent": agent.strip(), "step": int(step), "reason": "last quoted"})
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
-                           "usage": {"prompt_tokens": 100, "completion_tokens": 20}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_completion(self, text, 100, 20)
 
     def log_message(self, *args):
         pass
