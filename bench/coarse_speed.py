@@ -61,6 +61,24 @@ def train_rate(feats, labels, batch_size: int, exact: bool = False
     return rates[0], rates[1], COMPILES["train"] - before
 
 
+def step_floor_ms(dims: tuple[int, int], repeats: int = 20) -> float:
+    """Median time of one train step on a batch of 8 padding nodes and edges: the fixed cost of
+    a step (dispatch, the optimizer update), which is all that packing traces into one step can
+    save once every shape has compiled; compute per node and edge is the same either way."""
+    cfg = TrainConfig(batch_size=1)
+    _, train_step, _ = make_steps(cfg)
+    empty = pack_batch([], [], 1, (8, 8, 8), dims)
+    state = init_state(cfg, empty, 100)
+    b = jax.tree_util.tree_map(lambda x: x[None], empty)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        state, m = train_step(state, b)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[1:])
+
+
 def long_trace(n_steps: int, source: list[Trace]) -> Trace:
     pool = [s for t in source for s in t.steps]
     agents = sorted({s.agent for s in pool})[:4]
@@ -130,6 +148,11 @@ def main() -> None:
     print(f"\nbatched training over one trace at a time: {batched / single:.1f}x steady "
           f"(bucketed), {batched / single_exact:.1f}x steady (exact shapes), "
           f"{first_batched / first_exact:.1f}x over a first pass with exact shapes")
+    floor = step_floor_ms(feature_dims(feats[0]))
+    per_trace = 1e3 / batched
+    print(f"fixed cost of a train step (8 padding nodes): {floor:.1f} ms; batched time per "
+          f"trace: {per_trace:.1f} ms; so if per-trace compute were as cheap as in the batch, one "
+          f"step per trace would cost {(floor + per_trace) / per_trace:.2f}x the batched time")
     print(format_table(
         ("100-step trace, after warm-up", "median ms", "max ms"),
         [("model only (packed batch in, scores out)", 1e3 * statistics.median(lat_model),
