@@ -103,7 +103,7 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
         text[no:no + n] = f.step_text[g.node_step]
         meta[no:no + n] = f.meta
         ntype[no:no + n], nstep[no:no + n], ngraph[no:no + n] = g.node_type, g.node_step, gi
-        step_mask[no + g.step_node] = 1.0
+        step_mask[no + g.step_node] = 1.0 - g.step_is_empty  # R7, unless a label says otherwise
         nagent[no + g.step_node] = ao + g.step_agent
         senders[eo:eo + e], receivers[eo:eo + e] = no + g.senders, no + g.receivers
         etype[eo:eo + e], emask[eo:eo + e] = g.edge_type, 1.0
@@ -114,6 +114,7 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
         n_node[gi], n_edge[gi], gmask[gi], failed[gi] = n, e, 1.0, fail
         if step >= 0 and agent >= 0:
             tnode[gi], tagent[gi], lmask[gi] = no + g.step_node[step], ao + agent, 1.0
+            step_mask[no + g.step_node[step]] = 1.0
         if md >= 0:
             mode[gi], mmask[gi] = md, 1.0
         no, eo, ao = no + n, eo + e, ao + a

@@ -24,6 +24,8 @@ R5 error: exit code ≠ 0, `Error`/`Exception`/`Traceback` or tool status error 
 R6 environment: an agent all of whose steps are tool output (R3, or AutoGen's executor notice
    "There is no code from the last ... message for me to execute") is the environment (a code
    terminal, a tool runner). It reports; it does not decide, so it is never a candidate.
+R7 empty step: a step whose text is empty or only an end-of-chat keyword (AutoGen's bare
+   "TERMINATE") asserts nothing, so it is never a candidate step (unless every step is one).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ _CODE = re.compile(r"```")
 _ERR = re.compile(r"Traceback|Error\b|Exception|exitcode: [1-9]|execution failed|failed\)")
 _EXIT = re.compile(r"exitcode: (\d+)")
 _NO_CODE = re.compile(r"There is no code from the last \d+ messages? for me to execute")
+_EMPTY = re.compile(r"[\W_]*(?:TERMINATE[\W_]*)?", re.IGNORECASE)
 
 
 def values_in(text: str) -> set[str]:
@@ -68,6 +71,7 @@ class DHCG:
     signals: np.ndarray  # [S, K] float, per-step inferred signals (see STEP_SIGNALS)
     entities: tuple[tuple[str, str], ...]  # (node type, name) of each entity index
     agent_is_env: np.ndarray  # [A] bool, R6: the agent only reports tool output
+    step_is_empty: np.ndarray  # [S] bool, R7: the step asserts nothing
 
 
 STEP_SIGNALS = ("has_code", "has_error", "exit_nonzero", "tool_error", "n_values_log",
@@ -151,8 +155,10 @@ def build_dhcg(trace: Trace) -> DHCG:
             float(is_result), float(not vals), float(prev_error > 0 and new > 0)])
         prev_error = float(has_error)
 
+    empty = np.array([bool(_EMPTY.fullmatch(s.content)) for s in trace.steps], bool)  # R7
     as_int = lambda x: np.asarray(x, dtype=np.int32)  # noqa: E731
     return DHCG(as_int(n_type), as_int(n_step), as_int(n_ent), as_int(step_node),
                 as_int(step_agent), as_int(senders), as_int(receivers), as_int(etypes), agents,
                 np.asarray(signals, dtype=np.float32).reshape(len(trace.steps), len(STEP_SIGNALS)),
-                tuple(entity_ix), np.asarray(reports, bool) & (not all(reports)))
+                tuple(entity_ix), np.asarray(reports, bool) & (not all(reports)),
+                empty & (not empty.all()))

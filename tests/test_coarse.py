@@ -58,6 +58,25 @@ def test_the_environment_is_never_a_candidate():
     assert not build_dhcg(solo).agent_is_env.any()  # a log of one reporter still has a suspect
 
 
+def test_an_empty_step_is_never_a_candidate():
+    """R7: a bare TERMINATE (as AutoGen logs end) or an empty message gets no step score, on the
+    development logs too; a label on it would still count."""
+    devs = load_traces([DEV / f"{i}.json" for i in range(1, 30)]).traces
+    t = next(t for t in devs if t.steps[-1].content.strip() == "TERMINATE")
+    g = build_dhcg(t)
+    assert g.step_is_empty.tolist() == [s.content.strip() == "TERMINATE" for s in t.steps]
+    f = featurise([t], HashingEmbedder())
+    last = g.step_node[-1]
+    assert pack_batch(f, [labels_of(t)], 2).step_mask[last] == 0.0
+    agent = t.agents.index(t.steps[-1].agent)
+    assert pack_batch(f, [(len(t.steps) - 1, agent, 1, -1)], 2).step_mask[last] == 1.0
+    mixed = Trace("m", Task("q"), (Step(0, "A", "The answer is 4."), Step(1, "B", ""),
+                                   Step(2, "A", "terminate."), Step(3, "B", "TERMINATE is next")))
+    assert build_dhcg(mixed).step_is_empty.tolist() == [False, True, True, False]
+    blank = Trace("b", Task("q"), (Step(0, "A", "TERMINATE"), Step(1, "B", " ")))
+    assert not build_dhcg(blank).step_is_empty.any()  # a log of empty steps still has suspects
+
+
 def test_dhcg_follows_exact_refs_of_simulated_traces():
     t = _sim(3, 1)[0]
     g = build_dhcg(t)
