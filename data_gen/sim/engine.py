@@ -30,7 +30,7 @@ FAULT_OPS = {
 @dataclass
 class Action:
     agent: str
-    op: str  # plan instruct call result handoff verify ledger chat final terminate
+    op: str  # plan | instruct | call | result | handoff | verify | ledger | chat | final
     kind: str  # message | thought | tool_call | tool_result
     tool: Tool | None = None
     inputs: tuple[int, ...] = ()  # artifact ids read
@@ -134,8 +134,6 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
             actions.append(Action(team.coordinator, "chat", "message", to=executor, chunk=k))
     actions.append(Action(team.verifier, "final", "message", inputs=(latest[walk[-1].produces],),
                           chunk=len(walk)))
-    if team.framework == "autogen-captainagent":  # AutoGen group chats end on a bare TERMINATE
-        actions.append(Action(team.coordinator, "terminate", "message", chunk=len(walk)))
     return Plan(actions, len(producer), producer, seed_value)
 
 

@@ -72,8 +72,7 @@ def _trace(team: Team, plan: Plan, run: Run, fault: Fault | None, label: Label |
         steps.append(Step(index=i, agent=a.agent, content=content, kind=a.kind, to=a.to, role=role,
                           tool=ToolCall(tool["name"], tool.get("arguments", {}), tool["status"])
                           if tool else None, refs=tuple(sorted(refs))))
-    final = next(a for a in plan.actions if a.op == "final")
-    final_kind = plan.actions[plan.producer[final.inputs[0]]].tool.produces
+    final_kind = plan.actions[plan.producer[plan.actions[-1].inputs[0]]].tool.produces
     return Trace(
         trace_id=trace_id,
         task=Task(question=question, ground_truth=show(final_kind, golden_final)),

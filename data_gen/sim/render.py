@@ -203,6 +203,4 @@ def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
         ans = show(_kind_of(plan, a.inputs[0]), run.final)
         tail = "\n\nTERMINATE" if fw == "autogen-captainagent" else ""
         return f"FINAL ANSWER: {ans}{tail}", None
-    if a.op == "terminate":
-        return "TERMINATE", None
     raise ValueError(f"unknown action op {a.op!r}")
