@@ -1,5 +1,6 @@
 """Coarse-stage throughput: training traces/s batched vs one trace at a time, prediction
-traces/s, compile count, peak memory, and the latency of attributing one 100-step trace.
+traces/s, compile count, peak memory, the fixed cost of one train step (what batching can save
+once shapes have compiled), and the latency of attributing one 100-step trace.
 
     python bench/coarse_speed.py [--tasks 120] [--batch-size 16]
 
