@@ -5,7 +5,7 @@ the environment agent that returns tool output (None where executors report thei
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,19 @@ class Team:
         return list(dict.fromkeys(names))
 
 
+CAPTAIN_AGENT = Team(
+    topology="captain-agent", framework="autogen-captainagent", coordinator="Planning_Expert",
+    executors={"web": "WebResearch_Expert", "file": "DataAnalysis_Expert",
+               "code": "DataAnalysis_Expert", "compute": "Statistics_Expert"},
+    verifier="Verification_Expert", env_agent="Computer_terminal",
+    roles={"Planning_Expert": "breaks the task down and assigns it",
+           "WebResearch_Expert": "finds information online",
+           "DataAnalysis_Expert": "analyses data with code",
+           "Statistics_Expert": "computes statistics",
+           "Verification_Expert": "checks results before the answer is given",
+           "Computer_terminal": "executes code blocks"},
+    env_skills=frozenset({"web", "file", "code", "compute"}))
+
 TEAMS: dict[str, Team] = {
     "magentic-one": Team(
         topology="magentic-one", framework="magentic-one", coordinator="Orchestrator",
@@ -36,32 +49,14 @@ TEAMS: dict[str, Team] = {
                "WebSurfer": "browses the web", "FileSurfer": "reads local files",
                "Coder": "writes Python", "ComputerTerminal": "runs code and returns its output"},
         env_skills=frozenset({"code", "compute"})),
-    "captain-agent": Team(
-        topology="captain-agent", framework="autogen-captainagent", coordinator="Planning_Expert",
-        executors={"web": "WebResearch_Expert", "file": "DataAnalysis_Expert",
-                   "code": "DataAnalysis_Expert", "compute": "Statistics_Expert"},
-        verifier="Verification_Expert", env_agent="Computer_terminal",
-        roles={"Planning_Expert": "breaks the task down and assigns it",
-               "WebResearch_Expert": "finds information online",
-               "DataAnalysis_Expert": "analyses data with code",
-               "Statistics_Expert": "computes statistics",
-               "Verification_Expert": "checks results before the answer is given",
-               "Computer_terminal": "executes code blocks"},
-        env_skills=frozenset({"web", "file", "code", "compute"})),
+    "captain-agent": CAPTAIN_AGENT,
     # Who&When's CaptainAgent logs open with the task and plan under the name of an expert who
     # then does hands-on work; that opener is the labelled agent in about half of them
-    "captain-agent-lead": Team(
-        topology="captain-agent-lead", framework="autogen-captainagent",
-        coordinator="DataAnalysis_Expert",
-        executors={"web": "WebResearch_Expert", "file": "DataAnalysis_Expert",
-                   "code": "DataAnalysis_Expert", "compute": "Statistics_Expert"},
-        verifier="Verification_Expert", env_agent="Computer_terminal",
+    "captain-agent-lead": replace(
+        CAPTAIN_AGENT, topology="captain-agent-lead", coordinator="DataAnalysis_Expert",
         roles={"DataAnalysis_Expert": "leads the task and analyses data with code",
-               "WebResearch_Expert": "finds information online",
-               "Statistics_Expert": "computes statistics",
-               "Verification_Expert": "checks results before the answer is given",
-               "Computer_terminal": "executes code blocks"},
-        env_skills=frozenset({"web", "file", "code", "compute"})),
+               **{k: v for k, v in CAPTAIN_AGENT.roles.items()
+                  if k not in ("Planning_Expert", "DataAnalysis_Expert")}}),
     "metagpt": Team(
         topology="metagpt", framework="metagpt", coordinator="Team Leader",
         executors={"spec": "Product Manager", "design": "Architect", "build": "Engineer",
