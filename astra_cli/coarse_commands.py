@@ -20,6 +20,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--d-model", type=int, default=128)
     t.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--members", type=int, default=1,
+                   help="train an ensemble of this many models, seeds SEED, SEED+1, ...; "
+                   "prediction averages them (steadier on real logs, N times the training)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field, e.g. shards=8, warmup_steps=10, model.heads=8")
     t.add_argument("--distributed", action="store_true",
@@ -43,8 +46,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from astra_jax.features import featurise, make_embedder
     from astra_jax.model import ModelConfig
-    from astra_jax.train import TrainConfig, override, train
+    from astra_jax.train import TrainConfig, override, train_ensemble
 
+    if args.members < 1:
+        print(f"error: --members must be at least 1, not {args.members}", file=sys.stderr)
+        return 2
     if args.distributed:
         import jax
         jax.distributed.initialize()
@@ -62,26 +68,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     emb = make_embedder(cfg.embedder)
     cache = args.out / "feature_cache"
-    res = train(cfg, tr, featurise(tr, emb, cache, True), va, featurise(va, emb, cache, True),
-                args.out)
-    best = res["best"]
-    print(format_table(("best epoch", "val agent acc", "val step acc", "val top-3 agent", "val ECE"),
-                       [(best["epoch"], best["val_agent_acc"], best["val_step_acc"],
-                         best["val_agent_top3"], best["val_ece"])]))
+    results = train_ensemble(cfg, args.members, tr, featurise(tr, emb, cache, True), va,
+                             featurise(va, emb, cache, True), args.out)
+    rows = [(cfg.seed + i, r["best"]["epoch"], r["best"]["val_agent_acc"],
+             r["best"]["val_step_acc"], r["best"]["val_agent_top3"], r["best"]["val_ece"])
+            for i, r in enumerate(results)]
+    print(format_table(("seed", "best epoch", "val agent acc", "val step acc", "val top-3 agent",
+                        "val ECE"), rows))
     return 0
 
 
 def predict_traces(run: Path, traces, top_k: int):
+    """Candidates from a run directory of `astra train`: one model, or an ensemble's members
+    (their probabilities averaged)."""
     from astra_jax.batching import labels_of, pack_batch
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.predict import top_k_candidates
-    from astra_jax.train import config_from_dir, load_params
+    from astra_jax.predict import stack_members, top_k_candidates
+    from astra_jax import RunDirError
+    from astra_jax.train import config_from_dir, load_params, member_dirs
 
-    cfg = config_from_dir(run)
+    dirs = member_dirs(run)
+    cfgs = [config_from_dir(d) for d in dirs]
+    cfg = cfgs[0]
+    for d, c in zip(dirs[1:], cfgs[1:]):
+        if (c.model, c.embedder) != (cfg.model, cfg.embedder):
+            raise RunDirError(f"{d}: its model or embedder differs from {dirs[0]}'s; the members "
+                             f"of an ensemble must share both")
     feats = featurise(traces, make_embedder(cfg.embedder), run / "feature_cache")
     sample = pack_batch(feats[:1], [labels_of(traces[0])], cfg.batch_size)
-    params, step = load_params(run, cfg, sample)
-    return top_k_candidates(params, cfg, traces, feats, top_k, str(run), step)
+    loaded = [load_params(d, c, sample) for d, c in zip(dirs, cfgs)]
+    info = {"checkpoint": str(run), "step": max(s for _, s in loaded)}
+    if len(dirs) > 1:
+        info["members"] = [{"checkpoint": str(d), "step": s} for d, (_, s) in zip(dirs, loaded)]
+    return top_k_candidates(stack_members([p for p, _ in loaded]), cfg, traces, feats, top_k,
+                            info)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from astra_cli import coarse_commands, data_commands, demo, pipeline_commands
+from astra_jax import RunDirError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,26 +1,52 @@
 """Prediction: top-K candidates per trace (the `astra.candidates/v1` contract of DESIGN.md)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import jax
 import numpy as np
 
-from astra_jax.batching import labels_of, pack_batch
+from astra_jax.batching import Batch, labels_of, pack_batch
 from astra_jax.features import Featurised
-from astra_jax.train import TrainConfig, make_steps
+from astra_jax.model import AstraMoE, ModelConfig
+from astra_jax.train import TrainConfig, predictions
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
+AVERAGED = ("agent_p", "step_p", "fail_p", "uncertainty")
 
-def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[Featurised],
-                     k: int, checkpoint: str, ckpt_step: int) -> list[dict[str, Any]]:
-    _, _, eval_step = make_steps(cfg)
+
+def stack_members(params: list[Any]) -> Any:
+    """Parameters of an ensemble's members, stacked on a new leading axis."""
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *params)
+
+
+@lru_cache(maxsize=8)
+def ensemble_step(model_cfg: ModelConfig):
+    """One jitted function for any number of members: each member's probabilities, averaged.
+    Averaging probabilities (not logits) keeps each a distribution over the trace's agents and
+    steps, and damps what one seed learnt by chance."""
+    model = AstraMoE(model_cfg)
+
+    def step(stacked, b: Batch) -> dict[str, jax.Array]:
+        def one(params):
+            pred = predictions(model.apply({"params": params}, b, deterministic=True), b)
+            return {k: pred[k] for k in AVERAGED}
+        return jax.tree_util.tree_map(lambda x: x.mean(0), jax.vmap(one)(stacked))
+
+    return jax.jit(step)
+
+
+def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list[Featurised],
+                     k: int, model_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """`stacked`: the members' parameters from `stack_members` (one member is an ensemble of
+    one); `model_info` is written as each record's `model` field."""
+    step = ensemble_step(cfg.model)
     out = []
     for i in range(0, len(traces), cfg.batch_size):
         chunk_t, chunk_f = traces[i:i + cfg.batch_size], feats[i:i + cfg.batch_size]
         b = pack_batch(chunk_f, [labels_of(t) for t in chunk_t], cfg.batch_size)
-        _, pred, _ = eval_step(params, b)
-        pred = jax.tree_util.tree_map(np.asarray, pred)
+        pred = jax.tree_util.tree_map(np.asarray, step(stacked, b))
         node_offset = agent_offset = 0
         for gi, (t, f) in enumerate(zip(chunk_t, chunk_f)):
             g = f.graph
@@ -38,7 +64,7 @@ def top_k_candidates(params, cfg: TrainConfig, traces: list[Trace], feats: list[
             out.append({"schema": CANDIDATES_SCHEMA, "trace_id": t.trace_id,
                         "failure_prob": float(pred["fail_p"][gi]),
                         "uncertainty": float(pred["uncertainty"][gi]),
-                        "agents": agents, "model": {"checkpoint": checkpoint, "step": ckpt_step}})
+                        "agents": agents, "model": model_info})
             node_offset += len(g.node_type)
             agent_offset += len(g.agents)
     return out
@@ -48,7 +74,6 @@ def internals(params, cfg: TrainConfig, trace: Trace, feat: Featurised) -> dict[
     """What the model looked at for one trace: the last spatial block's attention on each edge
     [E, heads] and each node's expert routing probabilities [N, experts]. For inspection (the
     notebooks); prediction never needs it."""
-    from astra_jax.model import AstraMoE
     b = pack_batch([feat], [labels_of(trace)], 1)
     out = AstraMoE(cfg.model).apply({"params": params}, b)
     n, e = len(feat.graph.node_type), len(feat.graph.senders)

@@ -26,6 +26,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from astra_jax import RunDirError
 from astra_jax.batching import Batch, feature_dims, labels_of, pack_batch, pack_shards
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
@@ -268,8 +269,8 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         print(f"resuming from epoch {start_epoch}", file=sys.stderr)
         keep_log_until(out_dir / "metrics.jsonl", start_epoch)
     lead = jax.process_index() == 0  # one process of a multi-host run writes the log
+    best = best_record(out_dir / "metrics.jsonl") if start_epoch else {}
     log = (out_dir / "metrics.jsonl").open("a") if lead else open(os.devnull, "w")
-    best: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_feats))
         sums: dict[str, float] = {}
@@ -299,7 +300,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
                   metrics={"val_step_acc": val_m["step_acc"]})
         mngr.wait_until_finished()
-        if not best or val_m["step_acc"] >= best.get("val_step_acc", -1):
+        if is_better(rec, best):
             best = rec
         if progress and lead:
             print(f"epoch {epoch + 1}: loss {train_m['loss']:.3f}  val agent "
@@ -308,6 +309,57 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     log.close()
     mngr.close()
     return {"state": state, "best": best}
+
+
+def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
+                   train_feats: list[Featurised], val_traces: list[Trace],
+                   val_feats: list[Featurised], out_dir: Path, progress: bool = True
+                   ) -> list[dict[str, Any]]:
+    """`members` models that differ only in their seed (cfg.seed, cfg.seed + 1, ...); prediction
+    averages their probabilities. On simulated data the members agree; on real logs each seed
+    learns different accidents of the simulator, and their average is steadier than any one
+    (docs/coarse_stage.md). One member trains in `out_dir` itself, several in `member-N`."""
+    if members < 1:
+        raise ValueError(f"members must be at least 1, not {members}")
+    if members == 1:
+        return [train(cfg, train_traces, train_feats, val_traces, val_feats, out_dir, progress)]
+    if (out_dir / "config.json").exists():
+        raise RunDirError(f"{out_dir} holds a single model; give an ensemble a new directory")
+    results = []
+    for i in range(members):
+        if progress:
+            print(f"member {i + 1}/{members} (seed {cfg.seed + i})", file=sys.stderr)
+        results.append(train(dataclasses.replace(cfg, seed=cfg.seed + i), train_traces,
+                             train_feats, val_traces, val_feats, out_dir / f"member-{i + 1}",
+                             progress))
+    return results
+
+
+def member_dirs(run_dir: Path) -> list[Path]:
+    """The run directories of a trained model: the directory itself, or its ensemble members."""
+    if (run_dir / "config.json").exists():
+        return [run_dir]
+    members = {int(d.name[7:]): d for d in run_dir.glob("member-*")
+               if d.name[7:].isdigit() and (d / "config.json").exists()}
+    if not members:
+        raise RunDirError(f"{run_dir}: no trained model here (no config.json, no "
+                                f"member-N/config.json); train one with `astra train`")
+    return [members[n] for n in sorted(members)]
+
+
+def is_better(rec: dict[str, Any], best: dict[str, Any]) -> bool:
+    """The checkpoint manager's rule: highest validation step accuracy, later epochs on ties."""
+    return not best or rec["val_step_acc"] >= best.get("val_step_acc", -1)
+
+
+def best_record(path: Path) -> dict[str, Any]:
+    """The best epoch's record in a run's log (a resumed run picks up where it left off)."""
+    best: dict[str, Any] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        if "val_step_acc" in rec and is_better(rec, best):
+            best = rec
+    return best
 
 
 def keep_log_until(path: Path, epoch: int) -> None:
@@ -330,7 +382,7 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     mngr = checkpoint_manager(run_dir)
     step = mngr.best_step() if which == "best" else mngr.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
+        raise RunDirError(f"no checkpoint under {run_dir / 'checkpoints'}")
     target = init_state(cfg, sample, 2)
     state = mngr.restore(step, args=ocp.args.StandardRestore(target))
     mngr.close()

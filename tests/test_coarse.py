@@ -158,3 +158,47 @@ def test_cli_train_predict_attribute(tmp_path, capsys):
     assert main(["attribute", str(DEV / "1.json"), "--run", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "who:" in out and "when: step" in out and "label: Excel_Expert at step 0" in out
+
+
+def test_an_ensemble_averages_its_members(tmp_path, capsys):
+    import pytest
+
+    from astra_cli.coarse_commands import predict_traces
+    from astra_cli.main import main
+    from astra_jax import RunDirError
+    from astra_jax.train import member_dirs, train_ensemble
+
+    tr = _sim(24, 8, topologies=("magentic-one", "metagpt"))
+    va = [t for t in _sim(10, 9) if t.variant == "fatal"]
+    emb = HashingEmbedder()
+    ftr, fva = featurise(tr, emb), featurise(va, emb)
+    one = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    run = tmp_path / "ens"
+    res = train_ensemble(one, 2, tr, ftr, va, fva, run, progress=False)
+    dirs = member_dirs(run)
+    assert [d.name for d in dirs] == ["member-1", "member-2"] and len(res) == 2
+    seeds = [json.loads((d / "config.json").read_text())["seed"] for d in dirs]
+    assert seeds == [0, 1]
+    # a finished member is not trained again, and still reports its best epoch
+    again = train_ensemble(one, 2, tr, ftr, va, fva, run, progress=False)
+    assert [r["best"]["epoch"] for r in again] == [1, 1]
+    assert len((dirs[0] / "metrics.jsonl").read_text().splitlines()) == 1
+
+    logs = load_traces([DEV / "1.json", DEV / "2.json"]).traces
+    k = 10  # every agent, so that each member scores all of them
+    ens = predict_traces(run, logs, k)
+    parts = [predict_traces(d, logs, k) for d in dirs]
+    for e, a, b in zip(ens, *parts):
+        score = {x["agent"]: x["score"] for x in e["agents"]}
+        for x, y in zip(sorted(a["agents"], key=lambda x: x["agent"]),
+                        sorted(b["agents"], key=lambda x: x["agent"])):
+            assert abs(score[x["agent"]] - (x["score"] + y["score"]) / 2) < 1e-5
+        assert abs(e["failure_prob"] - (a["failure_prob"] + b["failure_prob"]) / 2) < 1e-5
+        assert [m["checkpoint"] for m in e["model"]["members"]] == [str(d) for d in dirs]
+    assert any(a["agents"][0]["score"] != b["agents"][0]["score"] for a, b in zip(*parts))
+
+    with pytest.raises(RunDirError, match="holds a single model"):
+        train_ensemble(one, 2, tr, ftr, va, fva, dirs[0], progress=False)
+    assert main(["predict", str(DEV / "1.json"), "--run", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "nothing: no trained model here" in capsys.readouterr().err
