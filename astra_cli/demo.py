@@ -18,7 +18,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tasks", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dev-logs", type=Path, default=DEV_LOGS)
-    d.add_argument("--epochs", type=int, default=4)
+    d.add_argument("--epochs", type=int, default=2, help="per ensemble member")
+    d.add_argument("--members", type=int, default=3,
+                   help="coarse models trained with different seeds, their predictions averaged")
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
     d.add_argument("--coarse-only", action="store_true", help="skip the tiny fine-stage model")
@@ -57,25 +59,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
     from astra_cli.pipeline_commands import RunOptions, run_pipeline
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import TrainConfig, train
+    from astra_jax.train import TrainConfig, train_ensemble
     from data_gen.sim.teams import TEAMS
 
     seen = tuple(t for t in TEAMS if t != args.held_out_topology)
     train_traces = [t for t in load_traces(sim_path).traces if t.system.topology in seen]
-    print(f"== 5. train the coarse model on {len(train_traces)} simulated traces "
-          f"({', '.join(seen)})")
+    print(f"== 5. train {args.members} coarse model(s), seeds {args.seed} on, on "
+          f"{len(train_traces)} simulated traces ({', '.join(seen)})")
     splits = {}
     for name, seed in (("val", args.seed + 1000), ("test", args.seed + 2000)):
         path = args.out / f"sim_{name}.jsonl"
         run_gen(GenConfig(n_tasks=max(args.tasks // 4, 50), seed=seed, variants=("fatal",)),
                 path, quiet=True)
         splits[name] = load_traces(path).traces
-    cfg = TrainConfig(epochs=args.epochs)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
     run = args.out / "coarse"
     emb = make_embedder(cfg.embedder)
     cache = run / "feature_cache"
-    train(cfg, train_traces, featurise(train_traces, emb, cache, True), splits["val"],
-          featurise(splits["val"], emb, cache, True), run)
+    train_ensemble(cfg, args.members, train_traces, featurise(train_traces, emb, cache, True),
+                   splits["val"], featurise(splits["val"], emb, cache, True), run)
     backend = None if args.coarse_only else _tiny_fine_stage(args, train_traces)
     opts = RunOptions(threshold=args.threshold, seed=args.seed)
     rows = []

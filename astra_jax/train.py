@@ -321,10 +321,12 @@ def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
     (docs/coarse_stage.md). One member trains in `out_dir` itself, several in `member-N`."""
     if members < 1:
         raise ValueError(f"members must be at least 1, not {members}")
+    single, ensemble = (out_dir / "config.json").exists(), any(out_dir.glob("member-*"))
+    if (members == 1 and ensemble) or (members > 1 and single):
+        raise RunDirError(f"{out_dir} holds {'an ensemble' if ensemble else 'a single model'}; "
+                          f"train into a new directory, or remove this one")
     if members == 1:
         return [train(cfg, train_traces, train_feats, val_traces, val_feats, out_dir, progress)]
-    if (out_dir / "config.json").exists():
-        raise RunDirError(f"{out_dir} holds a single model; give an ensemble a new directory")
     results = []
     for i in range(members):
         if progress:
