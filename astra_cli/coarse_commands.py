@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from astra_cli.data_commands import positive_int
 from astra_cli.table import format_table
 from data_gen.readers import load_valid_traces
 
@@ -20,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--d-model", type=int, default=128)
     t.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--members", type=int, default=1,
+    t.add_argument("--members", type=positive_int, default=1,
                    help="train an ensemble of this many models, seeds SEED, SEED+1, ...; "
                    "prediction averages them (steadier on real logs, N times the training)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -48,9 +49,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from astra_jax.model import ModelConfig
     from astra_jax.train import TrainConfig, override, train_ensemble
 
-    if args.members < 1:
-        print(f"error: --members must be at least 1, not {args.members}", file=sys.stderr)
-        return 2
     if args.distributed:
         import jax
         jax.distributed.initialize()

@@ -30,6 +30,17 @@ def _csv(choices: tuple[str, ...]):
     return parse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gen", help="simulate agent-team runs with injected, verified faults")
     g.add_argument("--tasks", type=int, default=1000, help="tasks; each gives up to 3 traces")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astra_cli.data_commands import DEV_LOGS, run_gen, validate_paths
+from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, validate_paths
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
@@ -19,7 +19,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dev-logs", type=Path, default=DEV_LOGS)
     d.add_argument("--epochs", type=int, default=2, help="per ensemble member")
-    d.add_argument("--members", type=int, default=3,
+    d.add_argument("--members", type=positive_int, default=3,
                    help="coarse models trained with different seeds, their predictions averaged")
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
