@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from astra_eval import svg
 from astra_eval.markdown import COLUMNS, cell, summary_rows
-from astra_jax.dhcg import EDGE_TYPES, NODE_TYPES, build_dhcg
+from data_gen.dhcg import EDGE_TYPES, NODE_TYPES, build_dhcg
 from data_gen.trace import Trace, normalise_agent as norm
 
 STEP_CHARS = 6000  # a step's text shown in full up to this, then folded

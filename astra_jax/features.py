@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from astra_jax.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
+from data_gen.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
 from data_gen.trace import Trace
 
 FEATURISER_VERSION = "1"

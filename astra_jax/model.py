@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from astra_jax.batching import Batch
-from astra_jax.dhcg import EDGE_TYPES, NODE_TYPES
+from data_gen.dhcg import EDGE_TYPES, NODE_TYPES
 from data_gen.trace import FAULT_MODES
 
 TEMPORAL = EDGE_TYPES.index("temporal")

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from astra_jax.batching import labels_of, pack_batch
-from astra_jax.dhcg import EDGE_TYPES, build_dhcg
+from data_gen.dhcg import EDGE_TYPES, build_dhcg
 from astra_jax.features import HashingEmbedder, featurise
 from astra_jax.model import ModelConfig
 from astra_jax.train import COMPILES, TrainConfig, train

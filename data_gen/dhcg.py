@@ -1,4 +1,5 @@
-"""The Dynamic Heterogeneous Causal Graph (DHCG) of a trace.
+"""The Dynamic Heterogeneous Causal Graph (DHCG) of a trace. Pure numpy: the coarse stage learns
+over it and the report draws it, so it lives beside the trace format.
 
 Nodes are *states*: one per (entity, step) in which the entity takes part. Entities are typed:
 agent, tool, artifact (URLs, files, code, named values) and environment (the task/world). Each
