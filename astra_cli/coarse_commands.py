@@ -12,9 +12,21 @@ from data_gen.readers import load_valid_traces
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train the coarse graph model on labelled traces")
-    t.add_argument("data", nargs="+", type=Path, help="training traces (files or directories)")
-    t.add_argument("--val", nargs="+", type=Path, required=True, help="validation traces")
+    t.add_argument("data", nargs="+", type=Path,
+                   help="training traces (files or directories): simulated, real labelled logs, "
+                   "or both (see --real-weight)")
+    t.add_argument("--val", nargs="+", type=Path, default=[],
+                   help="validation traces; the best epoch on them is kept (default: none, the "
+                   "last epoch is kept)")
     t.add_argument("--out", type=Path, required=True, help="run directory (resumes if present)")
+    t.add_argument("--real-weight", type=float, default=0.5,
+                   help="when simulated traces and real logs are mixed, the share of each "
+                   "epoch's traces that are real logs (real logs are repeated to reach it)")
+    t.add_argument("--init", type=Path,
+                   help="start from this trained run or ensemble (fine-tune it on DATA)")
+    t.add_argument("--drop-evidence", default="",
+                   help="comma-separated evidence groups to leave out (ablations): "
+                   "position, errors, claims, answer, contradiction")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -45,7 +57,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from astra_jax.features import featurise, make_embedder
+    from astra_jax.features import evidence_mask, featurise, make_embedder
     from astra_jax.model import ModelConfig
     from astra_jax.train import TrainConfig, override, train_ensemble
 
@@ -54,20 +66,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         jax.distributed.initialize()
     cfg = TrainConfig(model=ModelConfig(d_model=args.d_model), epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      embedder=args.embedder)
+                      embedder=args.embedder, real_weight=args.real_weight,
+                      drop_evidence=args.drop_evidence,
+                      init=str(args.init.resolve()) if args.init else "")
     try:
         cfg = override(cfg, args.set)
+        evidence_mask(cfg.dropped)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tr, va = load_valid_traces(args.data), load_valid_traces(args.val)
-    if not tr or not va:
-        print("error: no valid training or validation traces", file=sys.stderr)
+    tr = usable_for_training(load_valid_traces(args.data), "training", cfg.real_weight)
+    va = usable_for_training(load_valid_traces(args.val), "validation") if args.val else []
+    if not tr or (args.val and not va):
+        print("error: no usable training or validation traces", file=sys.stderr)
         return 1
     emb = make_embedder(cfg.embedder)
     cache = args.out / "feature_cache"
-    results = train_ensemble(cfg, args.members, tr, featurise(tr, emb, cache, True), va,
-                             featurise(va, emb, cache, True), args.out)
+    results = train_ensemble(cfg, args.members, tr, featurise(tr, emb, cache, True, cfg.dropped),
+                             va, featurise(va, emb, cache, True, cfg.dropped), args.out)
     rows = [(cfg.seed + i, r["best"]["epoch"], r["best"]["val_agent_acc"],
              r["best"]["val_step_acc"], r["best"]["val_agent_top3"], r["best"]["val_ece"])
             for i, r in enumerate(results)]
@@ -76,9 +92,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_traces(run: Path, traces, top_k: int):
+def usable_for_training(traces, name: str, real_weight: float | None = None) -> list:
+    """Print what training learns from each kind of trace (simulated or real), list every trace
+    of little or no use with its reason on stderr, and keep all but the unusable ones."""
+    from astra_jax.batching import training_use
+    from astra_jax.train import is_real, real_repeats
+
+    counts: dict[tuple[str, str], int] = {}
+    kept = []
+    for t in traces:
+        kind, problem = training_use(t)
+        origin = "real" if is_real(t) else "simulated"
+        counts[(origin, kind)] = counts.get((origin, kind), 0) + 1
+        if problem:
+            print(f"{name}: {t.source.get('path', t.trace_id)} ({t.trace_id}): {problem}"
+                  f"{'; left out' if kind == 'unusable' else ''}", file=sys.stderr)
+        if kind != "unusable":
+            kept.append(t)
+    rows = [(name, origin, kind, n) for (origin, kind), n in sorted(counts.items())]
+    print(format_table(("data", "origin", "kind", "traces"), rows))
+    if real_weight is not None and any(is_real(t) for t in kept) and not all(map(is_real, kept)):
+        print(f"real logs repeated {real_repeats(kept, real_weight)}x per epoch "
+              f"(--real-weight {real_weight})")
+    return kept
+
+
+def predict_traces(run: Path, traces, top_k: int, cache: Path | None = None):
     """Candidates from a run directory of `astra train`: one model, or an ensemble's members
-    (their probabilities averaged)."""
+    (their probabilities averaged). Features are cached in `cache` (default: the run's)."""
     from astra_jax.batching import labels_of, pack_batch
     from astra_jax.features import featurise, make_embedder
     from astra_jax.predict import stack_members, top_k_candidates
@@ -92,7 +133,11 @@ def predict_traces(run: Path, traces, top_k: int):
         if (c.model, c.embedder) != (cfg.model, cfg.embedder):
             raise RunDirError(f"{d}: its model or embedder differs from {dirs[0]}'s; the members "
                              f"of an ensemble must share both")
-    feats = featurise(traces, make_embedder(cfg.embedder), run / "feature_cache")
+    for d, c in zip(dirs[1:], cfgs[1:]):
+        if c.dropped != cfg.dropped:
+            raise RunDirError(f"{d}: its evidence groups differ from {dirs[0]}'s")
+    feats = featurise(traces, make_embedder(cfg.embedder), cache or run / "feature_cache",
+                      drop=cfg.dropped)
     sample = pack_batch(feats[:1], [labels_of(traces[0])], cfg.batch_size)
     loaded = [load_params(d, c, sample) for d, c in zip(dirs, cfgs)]
     info = {"checkpoint": str(run), "step": max(s for _, s in loaded)}

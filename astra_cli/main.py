@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from astra_cli import coarse_commands, data_commands, demo, pipeline_commands
+from astra_cli import coarse_commands, cv_command, data_commands, demo, pipeline_commands
 from astra_jax import RunDirError
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.add_commands(sub)
     coarse_commands.add_commands(sub)
     pipeline_commands.add_commands(sub)
+    cv_command.add_command(sub)
     demo.add_command(sub)
     return p
 

@@ -59,3 +59,18 @@ def eval_markdown(report: dict[str, Any]) -> str:
                 md_table(["coverage", "accuracy", "threshold"],
                          [[p["coverage"], p["accuracy"], p["threshold"]] for p in pts])]
     return "\n".join(out) + "\n"
+
+
+def cv_markdown(report: dict[str, Any]) -> str:
+    """`eval_markdown` of the out-of-fold verdicts, then each method's spread over the folds."""
+    cv = report["cv"]
+    rows = [[m, s["agent_acc"]["mean"], s["agent_acc"]["std"], s["step_acc"]["mean"],
+             s["step_acc"]["std"]] for m, s in cv["methods"].items()]
+    per_fold = [[f"fold {i + 1}", row["ours"]["n"], row["ours"]["agent_acc"],
+                 row["ours"]["step_acc"]] for i, row in enumerate(report["folds"])]
+    return "\n".join([
+        eval_markdown(report), "", f"### Spread over {cv['folds']} folds",
+        "", f"Each fold's model never saw its test logs; {cv['simulated']} simulated traces in "
+        f"every fold's training data; {cv['members']} model(s) per fold; seed {cv['seed']}.", "",
+        md_table(["method", "agent mean", "agent std", "step mean", "step std"], rows), "",
+        md_table(["fold", "n", "agent", "step"], per_fold)])

@@ -43,13 +43,26 @@ def bucket(n: int, floor: int) -> int:
 
 def labels_of(trace: Trace) -> tuple[int, int, int, int]:
     """(step, agent index, failed, mode index); -1 where unknown. Healed runs did not fail."""
-    failed = 1 if trace.outcome.success is False or trace.variant == "fatal" else 0
+    failed = int(trace.failed)
     if trace.label is None or not failed:
         return -1, -1, failed, -1
     agents = trace.agents
     mode = FAULT_MODES.index(trace.label.mode) if trace.label.mode in FAULT_MODES else -1
     agent = agents.index(trace.label.agent) if trace.label.agent in agents else -1
     return trace.label.step, agent, failed, mode
+
+
+def training_use(trace: Trace) -> tuple[str, str | None]:
+    """What training can learn from a trace: its kind, and why it is of little or no use (None
+    when it is fully used). A trace with neither a label nor an outcome teaches nothing."""
+    if trace.label is not None:
+        return ("labelled failure" if trace.failed else "healed run"), None
+    if trace.outcome.success is True or trace.variant == "golden":
+        return "successful run", None
+    if trace.failed:
+        return "unlabelled failure", ("a failed run without a label: it teaches the failure "
+                                      "probability only, not who or when")
+    return "unusable", "no label and no outcome: nothing to learn from it"
 
 
 Sizes = tuple[int, int, int]  # padded (nodes, edges, agents)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_gen.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
+from data_gen.evidence import EVIDENCE_COLUMNS, EVIDENCE_GROUPS, step_evidence
 from data_gen.trace import Trace
 
 FEATURISER_VERSION = "1"
@@ -86,11 +87,22 @@ def make_embedder(name: str) -> Embedder:
     raise ValueError(f"unknown embedder {name!r}; choose hashing or minilm")
 
 
-META_DIM = len(NODE_TYPES) + 6 + len(STEP_SIGNALS)
+META_DIM = len(NODE_TYPES) + 6 + len(STEP_SIGNALS) + len(EVIDENCE_COLUMNS)
 
 
-def node_meta(trace: Trace, g: DHCG) -> np.ndarray:
-    """[N, META_DIM]: node type, position in the log, authorship, and its step's signals."""
+def evidence_mask(drop: tuple[str, ...] = ()) -> np.ndarray:
+    """[len(EVIDENCE_COLUMNS)] 0 for the columns of the evidence groups in `drop` (ablations)."""
+    unknown = set(drop) - set(EVIDENCE_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown evidence group(s) {', '.join(sorted(unknown))}; groups are "
+                         f"{', '.join(EVIDENCE_GROUPS)}")
+    gone = {c for grp in drop for c in EVIDENCE_GROUPS[grp]}
+    return np.array([c not in gone for c in EVIDENCE_COLUMNS], np.float32)
+
+
+def node_meta(trace: Trace, g: DHCG, drop: tuple[str, ...] = ()) -> np.ndarray:
+    """[N, META_DIM]: node type, position in the log, authorship, its step's signals, and the
+    step evidence (data_gen/evidence.py) on the step's author node, less the groups in `drop`."""
     n_steps = len(trace.steps)
     n = len(g.node_type)
     is_author = np.zeros(n, np.float32)
@@ -104,7 +116,8 @@ def node_meta(trace: Trace, g: DHCG) -> np.ndarray:
             rel[:, None], np.log1p(g.node_step)[:, None] / 5.0, is_author[:, None],
             first[:, None], lengths[g.node_step][:, None] / 10.0,
             (g.node_step == n_steps - 1).astype(np.float32)[:, None],
-            g.signals[g.node_step]]
+            g.signals[g.node_step],
+            step_evidence(trace)[g.node_step] * evidence_mask(drop) * is_author[:, None]]
     return np.concatenate(cols, axis=1).astype(np.float32)
 
 
@@ -122,8 +135,9 @@ def trace_key(trace: Trace, embedder: Embedder) -> str:
 
 
 def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = None,
-              progress: bool = False) -> list[Featurised]:
-    """Featurise traces, reading and writing `cache_dir/<key>.npz` when given."""
+              progress: bool = False, drop: tuple[str, ...] = ()) -> list[Featurised]:
+    """Featurise traces, reading and writing `cache_dir/<key>.npz` when given; `drop` names
+    evidence groups to leave out (TrainConfig.drop_evidence)."""
     out = []
     for t in tqdm(traces, desc="featurising", unit="trace", disable=not progress):
         g = build_dhcg(t)
@@ -137,5 +151,5 @@ def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = 
                 tmp = path.with_suffix(".tmp.npz")
                 np.savez(tmp, step_text=text)
                 tmp.replace(path)
-        out.append(Featurised(g, text, node_meta(t, g)))
+        out.append(Featurised(g, text, node_meta(t, g, drop)))
     return out

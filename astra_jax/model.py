@@ -148,7 +148,9 @@ class AstraMoE(nn.Module):
         node_mask = (b.node_graph < n_graphs - 1).astype(jnp.float32)
         h, balance, probs = MoEHead(c.d_model, c.experts, c.router_noise)(h, node_mask,
                                                                          deterministic)
-        step_logit = nn.Dense(1)(h)[:, 0]
+        # a linear path from the step's own metadata and evidence: what a few hundred labelled
+        # logs can support, without having to pass through the graph layers
+        step_logit = nn.Dense(1)(h)[:, 0] + nn.Dense(1)(g.nodes["meta"])[:, 0]
         step_logit = jnp.where(b.step_mask > 0, step_logit, -1e9)
         evidence = jax.nn.softplus(step_logit) * b.step_mask
         # an agent's score: the soft maximum of its step scores plus a pooled term

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,6 +52,13 @@ class TrainConfig:
     w_evidence: float = 0.01
     embedder: str = "hashing"
     shards: int = 0  # data-parallel sub-batches per global batch; 0: one per device
+    real_weight: float = 0.5  # share of each epoch's traces that are real logs, when mixed
+    drop_evidence: str = ""  # comma-separated evidence groups left out (ablations)
+    init: str = ""  # a trained run to start from (fine-tuning); its model config must match
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        return tuple(g.strip() for g in self.drop_evidence.split(",") if g.strip())
 
 
 class State(train_state.TrainState):
@@ -115,6 +123,14 @@ def predictions(out: Outputs, b: Batch) -> dict[str, jax.Array]:
 
 
 def make_steps(cfg: TrainConfig):
+    """The jitted train and eval steps. They depend only on the model and the loss weights, so
+    runs that differ in seed or starting point (ensemble members, folds) share them, and the
+    evaluation step's compiled code."""
+    return _make_steps(dataclasses.replace(cfg, seed=0, init="", epochs=1))
+
+
+@lru_cache(maxsize=4)
+def _make_steps(cfg: TrainConfig):
     model = AstraMoE(cfg.model)
 
     def train_step(state: State, b: Batch):
@@ -240,8 +256,33 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return float(ece)
 
 
+def is_real(trace: Trace) -> bool:
+    """A real log: anything but an ASTRA-Gen trace, which always carries its variant."""
+    return trace.variant is None
+
+
+def real_repeats(traces: list[Trace], real_weight: float) -> int:
+    """How many times each real log appears in an epoch so that real logs make up about
+    `real_weight` of the epoch's traces (each at least once; 1 when only one kind is given)."""
+    n_real = sum(is_real(t) for t in traces)
+    n_sim = len(traces) - n_real
+    if not n_real or not n_sim or not 0 < real_weight < 1:
+        return 1
+    return max(1, round(real_weight / (1 - real_weight) * n_sim / n_real))
+
+
+def epoch_order(traces: list[Trace], cfg: TrainConfig, epoch: int) -> np.ndarray:
+    """The epoch's trace indices, real logs repeated (`real_repeats`), shuffled by (seed, epoch)
+    only, so a resumed run continues the same curve."""
+    r = real_repeats(traces, cfg.real_weight)
+    ix = [i for i, t in enumerate(traces) for _ in range(r if is_real(t) else 1)]
+    return np.random.default_rng([cfg.seed, epoch]).permutation(np.array(ix, dtype=np.int64))
+
+
 def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=2, best_fn=lambda m: m["val_step_acc"],
+    # ties (e.g. a run without validation data) go to the later epoch, as `is_better` says
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2,
+                                        best_fn=lambda m: m["val_step_acc"] + 1e-6 * m["epoch"],
                                         best_mode="max", keep_checkpoints_without_metrics=False,
                                         create=True)
     return ocp.CheckpointManager(out_dir.resolve() / "checkpoints", options=opts)
@@ -252,14 +293,18 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
           progress: bool = True) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    (out_dir / "data.json").write_text(json.dumps({  # what this model learnt from, by trace id
+        "train": [t.trace_id for t in train_traces], "val": [t.trace_id for t in val_traces]}))
     tr_labels = [labels_of(t) for t in train_traces]
     va_labels = [labels_of(t) for t in val_traces]
-    steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(epoch_order(train_traces, cfg, 0)) / cfg.batch_size)
     sample = pack_batch(train_feats[:cfg.batch_size], tr_labels[:cfg.batch_size], cfg.batch_size)
     mesh = data_mesh()
     shards = resolve_shards(cfg, mesh)
-    state = jax.device_put(init_state(cfg, sample, steps_per_epoch * cfg.epochs),
-                           NamedSharding(mesh, P()))
+    state = init_state(cfg, sample, steps_per_epoch * cfg.epochs)
+    if cfg.init:
+        state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
     _, train_step, eval_step = make_steps(cfg)
     mngr = checkpoint_manager(out_dir)
     start_epoch = 0
@@ -272,7 +317,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     best = best_record(out_dir / "metrics.jsonl") if start_epoch else {}
     log = (out_dir / "metrics.jsonl").open("a") if lead else open(os.devnull, "w")
     for epoch in range(start_epoch, cfg.epochs):
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_feats))
+        order = epoch_order(train_traces, cfg, epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards),
@@ -298,7 +343,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         log.write(json.dumps(rec) + "\n")
         log.flush()
         mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
-                  metrics={"val_step_acc": val_m["step_acc"]})
+                  metrics={"val_step_acc": val_m["step_acc"], "epoch": epoch + 1})
         mngr.wait_until_finished()
         if is_better(rec, best):
             best = rec
@@ -318,22 +363,26 @@ def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
     """`members` models that differ only in their seed (cfg.seed, cfg.seed + 1, ...); prediction
     averages their probabilities. On simulated data the members agree; on real logs each seed
     learns different accidents of the simulator, and their average is steadier than any one
-    (docs/coarse_stage.md). One member trains in `out_dir` itself, several in `member-N`."""
+    (docs/coarse_stage.md). One member trains in `out_dir` itself, several in `member-N`. With
+    `cfg.init` naming an ensemble, member i starts from its member i (cyclically)."""
     if members < 1:
         raise ValueError(f"members must be at least 1, not {members}")
     single, ensemble = (out_dir / "config.json").exists(), any(out_dir.glob("member-*"))
     if (members == 1 and ensemble) or (members > 1 and single):
         raise RunDirError(f"{out_dir} holds {'an ensemble' if ensemble else 'a single model'}; "
                           f"train into a new directory, or remove this one")
+    inits = [str(d) for d in member_dirs(Path(cfg.init))] if cfg.init else [""]
     if members == 1:
-        return [train(cfg, train_traces, train_feats, val_traces, val_feats, out_dir, progress)]
+        return [train(dataclasses.replace(cfg, init=inits[0]), train_traces, train_feats,
+                      val_traces, val_feats, out_dir, progress)]
     results = []
     for i in range(members):
         if progress:
             print(f"member {i + 1}/{members} (seed {cfg.seed + i})", file=sys.stderr)
-        results.append(train(dataclasses.replace(cfg, seed=cfg.seed + i), train_traces,
-                             train_feats, val_traces, val_feats, out_dir / f"member-{i + 1}",
-                             progress))
+        results.append(train(dataclasses.replace(cfg, seed=cfg.seed + i,
+                                                 init=inits[i % len(inits)]),
+                             train_traces, train_feats, val_traces, val_feats,
+                             out_dir / f"member-{i + 1}", progress))
     return results
 
 
@@ -389,6 +438,19 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     state = mngr.restore(step, args=ocp.args.StandardRestore(target))
     mngr.close()
     return state.params, step
+
+
+def init_params(run_dir: Path, cfg: TrainConfig, sample: Batch):
+    """The best parameters of a trained single-model run, to fine-tune from; its model,
+    embedder and evidence must be this run's."""
+    if not (run_dir / "config.json").exists():
+        raise RunDirError(f"{run_dir}: no trained model to start from (no config.json); give a "
+                          f"single run, or an ensemble member's directory")
+    base = config_from_dir(run_dir)
+    if (base.model, base.embedder, base.dropped) != (cfg.model, cfg.embedder, cfg.dropped):
+        raise RunDirError(f"{run_dir}: its model, embedder or evidence differ from this run's; "
+                          f"fine-tuning needs the same")
+    return load_params(run_dir, base, sample)[0]
 
 
 def override(cfg: TrainConfig, settings: list[str]) -> TrainConfig:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_gen.trace import Trace
+from data_gen.trace import Step, Trace
 
 NODE_TYPES = ("agent", "tool", "artifact", "environment")
 EDGE_TYPES = ("communicate", "invoke", "return", "reference", "affect", "temporal")
@@ -48,6 +48,12 @@ _ERR = re.compile(r"Traceback|Error\b|Exception|exitcode: [1-9]|execution failed
 _EXIT = re.compile(r"exitcode: (\d+)")
 _NO_CODE = re.compile(r"There is no code from the last \d+ messages? for me to execute")
 _EMPTY = re.compile(r"[\W_]*(?:TERMINATE[\W_]*)?", re.IGNORECASE)
+
+
+def has_error(step: Step) -> bool:
+    """R5: the step reports an error (a traceback, an exception, a non-zero exit code, a failed
+    execution, or a tool call whose status is error)."""
+    return bool(_ERR.search(step.content)) or (step.tool is not None and step.tool.status == "error")
 
 
 def values_in(text: str) -> set[str]:
@@ -147,14 +153,14 @@ def build_dhcg(trace: Trace) -> DHCG:
         if s.index == len(trace.steps) - 1:
             edge(me, state("environment", "task", s.index), "affect")
         exit_m = _EXIT.search(text)
-        has_error = bool(_ERR.search(text)) or (s.tool is not None and s.tool.status == "error")
+        error = has_error(s)
         new = len(vals) - len(reused)
         signals.append([
-            float(has_code), float(has_error), float(bool(exit_m and exit_m.group(1) != "0")),
+            float(has_code), float(error), float(bool(exit_m and exit_m.group(1) != "0")),
             float(s.tool is not None and s.tool.status == "error"), np.log1p(len(vals)),
             np.log1p(len(reused)), np.log1p(new), prev_error, float(to is not None),
             float(is_result), float(not vals), float(prev_error > 0 and new > 0)])
-        prev_error = float(has_error)
+        prev_error = float(error)
 
     empty = np.array([bool(_EMPTY.fullmatch(s.content)) for s in trace.steps], bool)  # R7
     as_int = lambda x: np.asarray(x, dtype=np.int32)  # noqa: E731

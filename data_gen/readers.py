@@ -120,7 +120,8 @@ def from_whowhen(d: dict, fmt: str, max_chars: int = MAX_CONTENT_CHARS) -> Trace
     agents += [AgentSpec(name=a) for a in dict.fromkeys(s.agent for s in steps) if a not in known]
     label = _label(d)
     extra = {k: v for k, v in d.items() if k not in _MAPPED_KEYS}
-    is_correct = extra.get("is_correct")
+    # the success flag: `is_correct`; Who&When's hand-crafted records spell it `is_corrected`
+    is_correct = extra.get("is_correct", extra.get("is_corrected"))
     trace = Trace(
         trace_id="unnamed",  # read_record names it after its file
         task=Task(question=_need(d, "question", str, "", optional=True) or "",

@@ -128,6 +128,15 @@ class Trace:
     schema: str = SCHEMA
 
     @property
+    def failed(self) -> bool:
+        """Whether the run failed: its outcome says so, it is a fatal simulated run, or it carries
+        a fault label and does not say it succeeded. Real formats often lack an outcome field
+        (TracerTraj) or spell it differently, and a labelled record is a failure report."""
+        if self.outcome.success is not None:
+            return not self.outcome.success
+        return self.variant == "fatal" or (self.label is not None and self.variant != "healed")
+
+    @property
     def agents(self) -> list[str]:
         """Agents in order of first appearance in the log."""
         return list(dict.fromkeys(s.agent for s in self.steps))
