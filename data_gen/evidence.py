@@ -27,7 +27,8 @@ answer
   answer_repeat     the step states a value the final answer repeats
 contradiction
   contradicted      the first step that states `KEY is/=/: NUMBER` for a key that a later step
-                    states with another number
+                    states with another number (keys match when they share a word of 4+
+                    letters)
   corrected_later   a later step of another agent says "incorrect", "mistake", "wrong",
                     "discrepancy" or "should be" and repeats a value this step stated (the
                     latest such earlier step)
@@ -82,13 +83,13 @@ def answer_values(text: str) -> set[str]:
     return vals
 
 
-def key_values(text: str) -> dict[str, str]:
-    """`KEY is NUMBER` statements; the key is the last three words of the phrase, lower-cased."""
-    out = {}
+def key_values(text: str) -> list[tuple[frozenset[str], str]]:
+    """`KEY is NUMBER` statements: the key's words of 4+ letters (lower-cased), the number."""
+    out = []
     for key, num in _KEY_VALUE.findall(text):
-        words = key.lower().replace("_", " ").split()[-3:]
+        words = frozenset(w for w in key.lower().replace("_", " ").split() if len(w) >= 4)
         if words:
-            out[" ".join(words)] = num.replace(",", "")
+            out.append((words, num.replace(",", "")))
     return out
 
 
@@ -147,13 +148,13 @@ def _final_values(trace: Trace, vals: list[set[str]]) -> set[str]:
 
 
 def _contradictions(trace: Trace, vals: list[set[str]], col: dict[str, np.ndarray]) -> None:
-    first_stated: dict[str, tuple[int, str]] = {}
+    stated: list[tuple[int, frozenset[str], str]] = []  # (step, key words, number) so far
     for s in trace.steps:
-        for key, num in key_values(s.content).items():
-            if key not in first_stated:
-                first_stated[key] = (s.index, num)
-            elif first_stated[key][1] != num:
-                col["contradicted"][first_stated[key][0]] = 1.0
+        mine = key_values(s.content)
+        for step, words, num in stated:
+            if step != s.index and any(words & w and num != n for w, n in mine):
+                col["contradicted"][step] = 1.0
+        stated += [(s.index, w, n) for w, n in mine if not any(w & x for _, x, _ in stated)]
     for s in trace.steps:
         if not _CORRECTION.search(s.content):
             continue

@@ -1,0 +1,145 @@
+"""Learning from real labels: failed-run detection, step evidence, mixing, cross-validation."""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astra_jax.batching import labels_of, training_use
+from astra_jax.train import epoch_order, is_real, real_repeats
+from data_gen.evidence import EVIDENCE_COLUMNS, step_evidence
+from data_gen.files import RawRecord
+from data_gen.readers import encode_native, load_traces, read_record, to_whowhen
+from data_gen.trace import Outcome, Step, Task, Trace, trace_from_dict
+from tests.test_coarse import DEV, TINY, _sim
+
+
+def _read(rec: dict, name: str = "x.json") -> Trace:
+    return read_record(RawRecord(name, None, rec))[0]
+
+
+def test_a_labelled_record_without_outcome_is_a_failed_run():
+    history = [{"content": "plan", "name": "A", "role": "user", "step": 0},
+                {"content": "answer 42", "name": "B", "role": "assistant", "step": 1}]
+    tracer = _read({"question": "q", "history": history, "mistake_agent": "B",
+                    "mistake_step": "1"})
+    assert tracer.outcome.success is None and tracer.failed
+    assert labels_of(tracer)[:3] == (1, 1, 1)  # step 1, agent B, failed: the label is kept
+    hand = [{"content": "plan", "role": "Orchestrator (thought)"},
+            {"content": "go", "role": "WebSurfer"}]
+    failed = _read({"question": "q", "history": hand, "is_corrected": False,
+                    "mistake_agent": "WebSurfer", "mistake_step": "1"})
+    assert failed.outcome.success is False and labels_of(failed)[0] == 1
+    ok = _read({"question": "q", "history": hand, "is_corrected": True})
+    assert ok.outcome.success is True and not ok.failed
+    # a healed simulated run carries a label but succeeded
+    healed = next(t for t in _sim(20, 1) if t.variant == "healed")
+    assert not healed.failed and labels_of(healed)[0] == -1
+    assert training_use(healed)[0] == "healed run"
+    bare = Trace("bare", Task("q"), (Step(0, "A", "hi"),))
+    assert training_use(bare) == ("unusable", "no label and no outcome: nothing to learn from it")
+    assert training_use(dataclasses.replace(bare, outcome=Outcome(success=False)))[1]
+
+
+def _col(ev: np.ndarray, name: str) -> list[float]:
+    return ev[:, EVIDENCE_COLUMNS.index(name)].tolist()
+
+
+def test_step_evidence_rules():
+    steps = (
+        Step(0, "Planner", "Plan: B finds the population, then C checks it."),
+        Step(1, "B", "As I recall, the population of Springfield is 30720, no need to search."),
+        Step(2, "B", "```python\nprint(open('data.csv').read())\n```"),
+        Step(3, "Terminal", "exitcode: 1 (execution failed)\nTraceback: FileNotFoundError"),
+        Step(4, "C", "C, please verify: population is 30721 per the census."),
+        Step(5, "C", "That is incorrect: 30720 should be 30721. Final answer: 30721"),
+    )
+    t = Trace("t", Task("q"), steps, outcome=Outcome(success=False, final_answer="30721"))
+    ev = step_evidence(t)
+    assert ev.shape == (6, len(EVIDENCE_COLUMNS))
+    assert _col(ev, "own_first") == [1, 1, 0, 1, 1, 0]
+    assert _col(ev, "own_last") == [1, 0, 1, 1, 0, 1]
+    assert _col(ev, "opening") == [1, 0, 0, 0, 0, 0]
+    assert _col(ev, "next_error") == [0, 0, 1, 0, 0, 0]  # B's code made the terminal fail
+    assert _col(ev, "failure_words")[3] == 1
+    assert _col(ev, "unsupported")[1] == 1 and _col(ev, "unsupported_count")[1] == pytest.approx(np.log1p(2))
+    assert sum(_col(ev, "unsupported")) == 1
+    assert _col(ev, "answer_first") == [0, 0, 0, 0, 1, 0]  # 30721 first stated at step 4
+    assert _col(ev, "contradicted")[1] == 1  # "population is 30720", later 30721
+    assert _col(ev, "corrected_later")[4] == 1 or _col(ev, "corrected_later")[1] == 1
+    assert _col(ev, "since_instruction")[4] == pytest.approx(np.log1p(4))  # step 0 names C
+
+
+def test_evidence_is_the_same_whatever_format_a_log_came_in():
+    for path in sorted(DEV.glob("*.json"))[:15]:
+        t = load_traces(path).traces[0]
+        ev = step_evidence(t)
+        native = trace_from_dict(json.loads(encode_native(t)))
+        hand = _read(to_whowhen(t, style="handcrafted"))
+        for other in (native, hand):
+            assert [s.content for s in other.steps] == [s.content for s in t.steps]
+            np.testing.assert_array_equal(step_evidence(other), ev)
+
+
+def test_real_logs_are_repeated_to_their_share_of_each_epoch():
+    sim = _sim(10, 2)
+    real = load_traces([DEV / f"{i}.json" for i in (1, 2, 3)]).traces
+    assert not any(map(is_real, sim)) and all(map(is_real, real))
+    mixed = sim + real
+    r = real_repeats(mixed, 0.5)
+    assert r == round(len(sim) / len(real))
+    order = epoch_order(mixed, dataclasses.replace(TINY, real_weight=0.5), 0)
+    counts = np.bincount(order, minlength=len(mixed))
+    assert (counts[:len(sim)] == 1).all() and (counts[len(sim):] == r).all()
+    assert real_repeats(real, 0.5) == 1 and real_repeats(mixed, 0.0) == 1
+    again = epoch_order(mixed, dataclasses.replace(TINY, real_weight=0.5), 0)
+    assert (order == again).all()  # a resumed run sees the same order
+
+
+def test_cross_validation_never_tests_on_training_logs(tmp_path, capsys):
+    from astra_cli.cv_command import cross_validate
+    from astra_cli.main import main
+    from astra_eval.folds import stratified_folds
+
+    logs = load_traces([DEV / f"{i}.json" for i in range(1, 13)]).traces
+    sim = [t for t in _sim(6, 3, topologies=("metagpt",))][:8]
+    cfg = dataclasses.replace(TINY, epochs=1)
+    report = cross_validate(logs, sim, cfg, 3, 1, tmp_path / "cv", progress=False)
+    folds = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    tested = [tid for f in folds for tid in f["test"]]
+    assert sorted(tested) == sorted(t.trace_id for t in logs)  # each log tested exactly once
+    for f in folds:
+        trained = json.loads((tmp_path / "cv" / f"fold-{f['fold']}" / "data.json").read_text())
+        assert not set(f["test"]) & set(trained["train"] + trained["val"])
+        assert set(f["train"]) <= set(trained["train"])
+        assert {t.trace_id for t in sim} <= set(trained["train"])
+    assert report["n_labelled"] == 12 and len(report["folds"]) == 3
+    methods = report["cv"]["methods"]
+    assert "predicted agent, its first step" in methods and "random" in methods
+    ours = methods["ASTRA-JAX coarse, 3-fold CV"]["step_acc"]
+    fold_steps = [f["ours"]["step_acc"] for f in report["folds"]]
+    assert ours["mean"] == pytest.approx(np.mean(fold_steps))
+    assert "### Spread over 3 folds" in (tmp_path / "cv" / "eval.md").read_text()
+    cands = (tmp_path / "cv" / "candidates.jsonl").read_text().splitlines()
+    assert len(cands) == 12
+
+    # folds are stratified by the labelled agent and reproducible
+    all_logs = load_traces(DEV).traces
+    a, b = stratified_folds(all_logs, 5, 0), stratified_folds(all_logs, 5, 0)
+    assert a == b and max(map(len, a)) - min(map(len, a)) <= 1
+    verif = [sum(all_logs[i].label.agent == "Verification_Expert" for i in f) for f in a]
+    assert max(verif) - min(verif) <= 1
+
+    # fewer labelled logs than folds, and unlabelled logs, are clear errors naming themselves
+    assert main(["cv", str(DEV / "1.json"), str(DEV / "2.json"), "--folds", "3", "--out",
+                 str(tmp_path / "few")]) == 2
+    assert "2 labelled logs cannot make 3 folds" in capsys.readouterr().err
+    unlabelled = tmp_path / "u.json"
+    rec = json.loads((DEV / "1.json").read_text())
+    del rec["mistake_agent"], rec["mistake_step"], rec["mistake_reason"]
+    unlabelled.write_text(json.dumps(rec))
+    assert main(["cv", str(unlabelled), str(DEV / "2.json"), "--folds", "2", "--out",
+                 str(tmp_path / "few")]) == 2
+    err = capsys.readouterr().err
+    assert f"skipped (no label, cannot be scored): {unlabelled}" in err
