@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from data_gen.files import RawRecord
-from data_gen.trace import (MAX_CONTENT_CHARS, AgentSpec, Label, Outcome, Step, System, Task, Trace,
-                            TraceError, ToolCall, check_content, check_trace)
+from data_gen.trace import (MAX_CONTENT_CHARS, STEP_KINDS, VARIANTS, AgentSpec, Label, Outcome,
+                            Step, System, Task, ToolCall, Trace, TraceError, check_content,
+                            check_trace)
 
 FORMAT = "otlp"
 SPAN_KEYS = ("span_id", "span_name", "start_unix_nano", "end_unix_nano")  # kept in Step.extra
@@ -194,9 +195,10 @@ def decode_span(d: Any, scope: str | None, raw: RawRecord, path: str) -> Span | 
             raise TraceError(f"expected str, got {type(name).__name__}", field="name")
     except TraceError as e:
         return bad(e.message, e.field or "", trace_id)
-    message = status.get("message")
+    message, code = status.get("message"), status.get("code", 0)
     return Span(trace_id, span_id, parent_id, name, start, end, attrs, events, links,
-                _STATUS.get(status.get("code", 0)), message if isinstance(message, str) else None,
+                _STATUS.get(code) if isinstance(code, (int, str)) else None,
+                message if isinstance(message, str) else None,
                 scope, raw.source, raw.record, path, d)
 
 
@@ -302,7 +304,8 @@ def openinference_messages(span: Span, which: str) -> list[dict[str, Any]]:
     """`llm.{which}_messages.*` as messages {role, content, tool_calls}."""
     msgs = []
     for fields in _indexed(span.attrs, f"llm.{which}_messages.").values():
-        parts = [v for k, v in sorted(fields.items()) if k == "message.content" or _CONTENT_TEXT.match(k)]
+        parts = [v for k, v in sorted(fields.items())
+                 if k == "message.content" or _CONTENT_TEXT.match(k)]
         calls = [{"name": c.get("tool_call.function.name", ""),
                   "arguments": c.get("tool_call.function.arguments", "")}
                  for c in _indexed(fields, "message.tool_calls.").values()]
@@ -327,9 +330,10 @@ def genai_messages(value: Any) -> list[dict[str, Any]]:
                 and p.get("type") == "text" and p.get("content") is not None]
         calls = [{"name": p.get("name", ""), "arguments": p.get("arguments", "")} for p in parts
                  if isinstance(p, dict) and p.get("type") == "tool_call"]
-        calls += [{"name": (c.get("function") or {}).get("name", ""),
-                   "arguments": (c.get("function") or {}).get("arguments", "")}
-                  for c in m.get("tool_calls") or [] if isinstance(c, dict)]
+        calls += [{"name": c["function"].get("name", ""),
+                   "arguments": c["function"].get("arguments", "")}
+                  for c in m.get("tool_calls") or [] if isinstance(c, dict)
+                  and isinstance(c.get("function"), dict)]
         msgs.append({"role": m.get("role"), "content": "\n".join(text), "tool_calls": calls})
     return msgs
 
@@ -559,6 +563,8 @@ def _step(s: Span, role: str, index: int, agent: str, max_chars: int) -> Step:
     if not isinstance(refs, list) or not all(isinstance(r, int) and 0 <= r < index for r in refs):
         raise s.error(f"refs must be indices of earlier steps (0..{index - 1})", "astra.step.refs")
     kind = _str_attr(s, "astra.step.kind") or ("tool_call" if role == "tool" else "message")
+    if kind not in STEP_KINDS:
+        raise s.error(f"{kind!r} is not one of {', '.join(STEP_KINDS)}", "astra.step.kind")
     return Step(index=index, agent=agent, content=content, kind=kind,
                 to=_str_attr(s, "astra.step.to"), role=_str_attr(s, "astra.step.role"),
                 tool=tool_call(s) if role == "tool" else None, refs=tuple(refs), extra=extra)
@@ -572,13 +578,13 @@ def _trace(trace_id: str, root: Span, tree: _Tree, steps: list[Step], label: Lab
                          if q), "")
     agents_json = _json(_str_attr(root, "astra.system.agents"))
     if isinstance(agents_json, list):  # written by to_otlp: the team exactly as it was
-        known = [AgentSpec(name=x["name"], role=x.get("role"), tools=tuple(x.get("tools", ())),
-                           prompt=x.get("prompt")) for x in agents_json
-                 if isinstance(x, dict) and isinstance(x.get("name"), str)]
+        known = [_agent_spec(x, root) for x in agents_json]
     else:
         known = [AgentSpec(name=n) for n in dict.fromkeys(s.agent for s in steps)]
     success = a.get("astra.outcome.success")
     variant = _str_attr(root, "astra.variant")
+    if variant is not None and variant not in VARIANTS:
+        raise root.error(f"{variant!r} is not one of {', '.join(VARIANTS)}", "astra.variant")
     extra = _json(_str_attr(root, "astra.trace.extra"))
     return Trace(
         trace_id=_str_attr(root, "astra.trace_id") or trace_id,
@@ -591,6 +597,18 @@ def _trace(trace_id: str, root: Span, tree: _Tree, steps: list[Step], label: Lab
         label=label, variant=variant,
         source={"format": FORMAT, "otlp_trace_id": trace_id, "root_span_id": root.span_id},
         extra=extra if isinstance(extra, dict) else {})
+
+
+def _agent_spec(x: Any, root: Span) -> AgentSpec:
+    text = (str, type(None))
+    if not (isinstance(x, dict) and isinstance(x.get("name"), str)
+            and isinstance(x.get("role"), text) and isinstance(x.get("prompt"), text)
+            and isinstance(x.get("tools", []), list)
+            and all(isinstance(t, str) for t in x.get("tools", []))):
+        raise root.error("expected a list of {name, role?, tools?, prompt?}",
+                         "astra.system.agents")
+    return AgentSpec(name=x["name"], role=x.get("role"), tools=tuple(x.get("tools", ())),
+                     prompt=x.get("prompt"))
 
 
 def read_otlp(raws: Iterable[RawRecord], max_chars: int = MAX_CONTENT_CHARS
@@ -631,7 +649,8 @@ def _id(seed: str, n_bytes: int) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[: 2 * n_bytes]
 
 
-def _value(v: Any) -> dict[str, Any]:
+def to_any_value(v: Any) -> dict[str, Any]:
+    """A Python value as an OTLP AnyValue (the inverse of `any_value`; dicts become JSON text)."""
     if isinstance(v, bool):
         return {"boolValue": v}
     if isinstance(v, int):
@@ -639,12 +658,12 @@ def _value(v: Any) -> dict[str, Any]:
     if isinstance(v, float):
         return {"doubleValue": v}
     if isinstance(v, (list, tuple)):
-        return {"arrayValue": {"values": [_value(x) for x in v]}}
+        return {"arrayValue": {"values": [to_any_value(x) for x in v]}}
     return {"stringValue": v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}
 
 
 def _attrs(d: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": k, "value": _value(v)} for k, v in d.items() if v is not None and v != ()]
+    return [{"key": k, "value": to_any_value(v)} for k, v in d.items() if v is not None and v != ()]
 
 
 def _span(trace_id: str, span_id: str, parent: str | None, name: str, start: int, end: int,

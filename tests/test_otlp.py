@@ -6,30 +6,33 @@ the tool's "2.1 million" into "21 million" at its second model call, and the wri
 import dataclasses
 import json
 import operator
+import re
 from pathlib import Path
 from typing import Annotated, TypedDict
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from data_gen.files import RawRecord
 from data_gen.otlp import SPAN_KEYS, to_otlp
 from data_gen.readers import load_traces, read_record, write_traces
 from data_gen.trace import TraceError
+from test_bad_input import json_values
 from test_coarse import TINY, _sim
-
-pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra")
-from opentelemetry import trace as otel_trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa
-
-from data_gen.otel_export import OtlpJsonLinesExporter  # noqa: E402
 
 QUESTION = "How many people live in Paris?"
 WRONG = "Paris has 21 million people."
 
 
-def _provider(path: Path) -> tuple[TracerProvider, InMemorySpanExporter]:
+def _provider(path: Path):
+    """A tracer provider that keeps finished spans in memory and writes them as OTLP JSON lines
+    (needs the otel extra)."""
+    pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from data_gen.otel_export import OtlpJsonLinesExporter
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -109,6 +112,7 @@ def agents_run(tmp_path_factory):
     records its generations as the SDK's own models do, and marks the one it falsifies."""
     pytest.importorskip("agents")
     from agents import Agent, Runner, function_tool
+    from opentelemetry import trace as otel_trace
     from agents.items import ModelResponse
     from agents.models.interface import Model
     from agents.tracing import generation_span
@@ -339,6 +343,53 @@ def test_bad_otlp_input_is_reported_and_the_rest_is_read(tmp_path):
     assert any("appears twice" in w and "line 5" in w and "line 6" in w for w in report.warnings)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["traceId", "spanId", "parentSpanId", "startTimeUnixNano", "name",
+                        "attributes", "events", "links", "status"]), json_values,
+       st.sampled_from([0, 1]))
+def test_mutated_spans_read_or_fail_naming_the_file(key, value, which):
+    rec = json.loads(_line(
+        _span(f"{1:032x}", "a" * 16, **{"gen_ai.operation.name": "invoke_agent",
+                                        "gen_ai.agent.name": "boss"}),
+        _span(f"{1:032x}", "b" * 16, "a" * 16, start=2, **{"gen_ai.operation.name": "chat",
+                                                           "output.value": "hi"})))
+    rec["resourceSpans"][0]["scopeSpans"][0]["spans"][which][key] = value
+    try:
+        trace, _ = read_record(RawRecord("fuzz.json", None, rec))
+    except TraceError as e:
+        assert "fuzz.json" in str(e)
+    else:
+        assert trace.steps and all(s.agent == "boss" for s in trace.steps)
+
+
+ATTRIBUTES = ("gen_ai.agent.name", "gen_ai.operation.name", "openinference.span.kind", "metadata",
+              "agent.name", "output.value", "input.value", "gen_ai.output.messages",
+              "gen_ai.input.messages", "llm.output_messages.0.message.content",
+              "llm.output_messages.0.message.tool_calls.0.tool_call.function.name", "tool.name",
+              "gen_ai.tool.call.arguments", "astra.label.step", "astra.label.span_id",
+              "astra.label.decisive", "astra.step.refs", "astra.step.kind", "astra.step.extra",
+              "astra.system.agents", "astra.variant", "astra.outcome.success")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ATTRIBUTES), json_values, st.booleans(), st.sampled_from([0, 1]))
+def test_hostile_attribute_values_read_or_fail_naming_the_file(key, value, as_json, which):
+    from data_gen.otlp import to_any_value
+    rec = json.loads(_line(
+        _span(f"{1:032x}", "a" * 16, **{"gen_ai.operation.name": "invoke_agent",
+                                        "gen_ai.agent.name": "boss"}),
+        _span(f"{1:032x}", "b" * 16, "a" * 16, start=2, **{"gen_ai.operation.name": "chat"})))
+    span = rec["resourceSpans"][0]["scopeSpans"][0]["spans"][which]
+    span["attributes"].append({"key": key, "value": to_any_value(json.dumps(value) if as_json
+                                                           else value)})
+    try:
+        trace, _ = read_record(RawRecord("fuzz.json", None, rec))
+    except TraceError as e:
+        assert "fuzz.json" in str(e)
+    else:
+        assert trace.steps and all(isinstance(s.content, str) for s in trace.steps)
+
+
 def test_one_record_must_hold_one_trace():
     rec = json.loads(_line(
         _span(f"{1:032x}", "a" * 16, **{"gen_ai.operation.name": "invoke_agent"}),
@@ -370,3 +421,7 @@ def test_astra_run_attributes_framework_exports_end_to_end(langgraph_run, agents
         assert f'span {t.steps[v["step"]].extra["span_id"]}' in page
     rep = json.loads((out / "eval.json").read_text())
     assert rep["n_labelled"] == 2 and set(rep["subsets"]) == {"otlp"}
+    capsys.readouterr()
+    assert main(["attribute", exports[0], "--run", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"when: step \d+, span [0-9a-f]{16}", said), said
