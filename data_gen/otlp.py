@@ -544,8 +544,8 @@ def trace_from_spans(trace_id: str, spans: list[Span], max_chars: int = MAX_CONT
         trace = _trace(trace_id, root, tree, steps, label)
         warnings += check_trace(trace)
     except TraceError as e:
-        raise (e if e.source != "<memory>" else root.error(f"trace {trace_id}: {e.message}",
-                                                          e.field)) from None
+        raise (e if e.source != "<memory>" else TraceError(
+            f"trace {trace_id}: {e.message}", root.source, root.record, e.field)) from None
     return trace, warnings
 
 
