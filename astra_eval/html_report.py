@@ -141,6 +141,8 @@ def _verdict_box(trace: Trace, verdict: dict | None, threshold: float) -> str:
                + (f"<br><i>{escape(trace.label.reason or '')}</i>" if trace.label.reason else "")
                + "</p>")
     reason = escape(verdict.get("reason") or "")
+    if 0 <= verdict["step"] < len(trace.steps) and "span_id" in trace.steps[verdict["step"]].extra:
+        facts.append(f'span {escape(str(trace.steps[verdict["step"]].extra["span_id"]))}')
     return (f'<div class="verdict{" unsure" if unsure else ""}" id="verdict">{head}'
             f'<p>{" · ".join(facts)}</p><p>{reason}</p>{lab}'
             f'<p><a href="#step-{verdict["step"]}" onclick="showStep({int(verdict["step"])});'
@@ -200,6 +202,7 @@ def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold
         body.append(f'<div class="{cls}" id="step-{s.index}"><b>step {s.index}</b> · '
                     f'{escape(s.agent)}{" → " + escape(s.to) if s.to else ""}'
                     f'{" · " + escape(s.kind) if s.kind else ""}'
+                    f'{" · span " + escape(str(s.extra["span_id"])) if "span_id" in s.extra else ""}'
                     f'{f" · score {sc:.3f}" if sc is not None else ""}'
                     f"<pre>{shown}</pre>{more}</div>")
     return page(f"trace {trace.trace_id}", "\n".join(body), back)

@@ -1,8 +1,9 @@
 """Reading JSON records from files and directories, with errors that say where.
 
-A path is a `.json` file (one record, or a list of records), a `.jsonl` file (one record per line)
-or a directory (every `.json`/`.jsonl` below it, in natural order so `2.json` comes before
-`10.json`). Bad files and bad lines become `TraceError`s in the stream; the rest is still read.
+A path is a `.json` file (one record, or a list of records), a `.jsonl` file (one record per line;
+a `.json` file whose first line is a whole JSON value is read this way too, as OpenTelemetry
+Collectors write them) or a directory (every `.json`/`.jsonl` below it, in natural order so
+`2.json` comes before `10.json`). Bad files and bad lines become `TraceError`s in the stream; the rest is still read.
 """
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def _json(text: str, source: str, record: int | None) -> Any:
                          record) from None
 
 
+def _json_lines(text: str) -> bool:
+    """A `.json` file holding one object per line, as an OpenTelemetry Collector's file exporter
+    writes it: the first line is a whole JSON value and more follow."""
+    first, _, rest = text.lstrip().partition("\n")
+    if not rest.strip():
+        return False
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def iter_records(path: str | Path, max_file_bytes: int = MAX_FILE_BYTES
                  ) -> Iterator[RawRecord | TraceError]:
     path = Path(path)
@@ -68,7 +82,7 @@ def iter_records(path: str | Path, max_file_bytes: int = MAX_FILE_BYTES
                 raise TraceError(f"file of {size:,} bytes exceeds the limit of {max_file_bytes:,}",
                                  source)
             text = decode_utf8(f.read_bytes(), source)
-            if f.suffix == ".jsonl":
+            if f.suffix == ".jsonl" or _json_lines(text):
                 for n, line in enumerate(text.splitlines(), start=1):
                     if line.strip():
                         try:

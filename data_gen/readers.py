@@ -7,6 +7,9 @@ Formats (docs/readers.md has the details and the inference rules):
 - `whowhen-handcrafted`: Who&When hand-crafted (Magentic-One); items carry only `role`, such as
   `Orchestrator (-> WebSurfer)`; the agent is the part before ` (`.
 - `tracertraj`: TracerTraj (MetaGPT teams); items `{content, name, role, step}`.
+- `otlp`: OpenTelemetry traces as OTLP JSON (`{"resourceSpans": [...]}`), GenAI or OpenInference
+  attributes; spans are grouped by trace id across the lines and files of a path
+  (`data_gen/otlp.py`).
 
 Who&When labels: `mistake_agent`, `mistake_step` (a 0-based index into `history`, stored as a
 string), `mistake_reason`. Everything a reader does not map stays in `Trace.extra`/`Step.extra`, so
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from data_gen import otlp
 from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records
 from data_gen.trace import (MAX_CONTENT_CHARS, AgentSpec, Label, Outcome, Step, System, Task, Trace,
                             TraceError, _need, check_content, check_trace, trace_from_dict)
 
-FORMATS = ("native", "whowhen-algorithm", "whowhen-handcrafted", "tracertraj")
+FORMATS = ("native", "whowhen-algorithm", "whowhen-handcrafted", "tracertraj", "otlp")
 _LABEL_KEYS = ("mistake_agent", "mistake_step", "mistake_reason")
 _MAPPED_KEYS = {"history", "question", "ground_truth", "groundtruth", "system_prompt", *_LABEL_KEYS}
 _ROLE_RE = re.compile(r"^(?P<agent>.+?) \((?P<note>.*)\)$")
@@ -37,10 +41,12 @@ def detect_format(d: Any) -> str:
         raise TraceError(f"expected a JSON object, got {type(d).__name__}")
     if isinstance(d.get("schema"), str) and d["schema"].startswith("astra.trace/"):
         return "native"
+    if otlp.is_otlp(d):
+        return "otlp"
     history = d.get("history")
     if history is None:
-        raise TraceError("unknown format: neither 'schema' (native) nor 'history' (Who&When, "
-                         "TracerTraj) is present", field="history")
+        raise TraceError("unknown format: neither 'schema' (native), 'resourceSpans' (OTLP) nor "
+                         "'history' (Who&When, TracerTraj) is present", field="history")
     if not isinstance(history, list):
         raise TraceError(f"expected list, got {type(history).__name__}", field="history")
     if not history:
@@ -150,9 +156,13 @@ def _gt(value: Any) -> str | None:
 
 
 def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Trace, list[str]]:
-    """Convert one raw record; returns the trace and its warnings, raises a located TraceError."""
+    """Convert one raw record; returns the trace and its warnings, raises a located TraceError.
+    An OTLP record must hold exactly one whole trace here; files go through `iter_traces`, which
+    gathers a trace's spans across lines."""
     try:
         fmt = detect_format(raw.data)
+        if fmt == "otlp":
+            return _one_otlp_trace(raw, max_chars)
         if fmt == "native":
             trace = trace_from_dict(raw.data, max_chars)
         else:
@@ -169,6 +179,17 @@ def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Tra
     return dataclasses.replace(trace, source=src), warnings
 
 
+def _one_otlp_trace(raw: RawRecord, max_chars: int) -> tuple[Trace, list[str]]:
+    results = list(otlp.read_otlp([raw], max_chars))
+    errors = [r for r in results if isinstance(r, TraceError)]
+    if errors:
+        raise errors[0]
+    if len(results) != 1:
+        raise TraceError(f"expected one trace, found {len(results)}", raw.source, raw.record,
+                         "resourceSpans")
+    return results[0]
+
+
 @dataclass
 class LoadReport:
     traces: list[Trace] = field(default_factory=list)
@@ -179,15 +200,21 @@ class LoadReport:
 def iter_traces(path: str | Path, max_chars: int = MAX_CONTENT_CHARS,
                 max_file_bytes: int = MAX_FILE_BYTES
                 ) -> Iterator[tuple[Trace, list[str]] | TraceError]:
-    """Every record under `path`, read; bad records come out as TraceError and reading goes on."""
+    """Every record under `path`, read; bad records come out as TraceError and reading goes on.
+    OTLP records are gathered and read last, so that a trace whose spans lie on several lines
+    or files is read whole."""
+    spans: list[RawRecord] = []
     for raw in iter_records(path, max_file_bytes):
         if isinstance(raw, TraceError):
             yield raw
-            continue
-        try:
-            yield read_record(raw, max_chars)
-        except TraceError as e:
-            yield e
+        elif otlp.is_otlp(raw.data):
+            spans.append(raw)
+        else:
+            try:
+                yield read_record(raw, max_chars)
+            except TraceError as e:
+                yield e
+    yield from otlp.read_otlp(spans, max_chars)
 
 
 def load_traces(paths: str | Path | Iterable[str | Path], **kw) -> LoadReport:
@@ -271,7 +298,11 @@ def encode_whowhen(trace: Trace) -> str:
     return json.dumps(to_whowhen(trace), ensure_ascii=False)
 
 
-ENCODERS = {"native": encode_native, "whowhen": encode_whowhen}
+def encode_otlp(trace: Trace) -> str:
+    return json.dumps(otlp.to_otlp(trace), ensure_ascii=False)
+
+
+ENCODERS = {"native": encode_native, "whowhen": encode_whowhen, "otlp": encode_otlp}
 
 
 def write_traces(traces: Iterable[Trace | str], out: str | Path, fmt: str = "native",
