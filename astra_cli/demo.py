@@ -18,7 +18,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tasks", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dev-logs", type=Path, default=DEV_LOGS)
-    d.add_argument("--epochs", type=int, default=2, help="per ensemble member")
+    d.add_argument("--epochs", type=int, default=2,
+                   help="per ensemble member, on simulated traces")
+    d.add_argument("--folds", type=positive_int, default=5,
+                   help="cross-validation folds over the development logs")
+    d.add_argument("--real-epochs", type=positive_int, default=20,
+                   help="epochs of fine-tuning on real logs (each fold, and the final model)")
     d.add_argument("--members", type=positive_int, default=3,
                    help="coarse models trained with different seeds, their predictions averaged")
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
@@ -57,14 +62,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
+    import dataclasses
+
+    from astra_cli.coarse_commands import predict_traces
+    from astra_cli.cv_command import cross_validate
     from astra_cli.pipeline_commands import RunOptions, run_pipeline
+    from astra_eval.scoring import evaluate
     from astra_jax.features import featurise, make_embedder
     from astra_jax.train import TrainConfig, train_ensemble
     from data_gen.sim.teams import TEAMS
+    from data_gen.stage_files import coarse_verdict
 
     seen = tuple(t for t in TEAMS if t != args.held_out_topology)
     train_traces = [t for t in load_traces(sim_path).traces if t.system.topology in seen]
-    print(f"== 5. train {args.members} coarse model(s), seeds {args.seed} on, on "
+    print(f"== 5. pre-train {args.members} coarse model(s), seeds {args.seed} on, on "
           f"{len(train_traces)} simulated traces ({', '.join(seen)})")
     splits = {}
     for name, seed in (("val", args.seed + 1000), ("test", args.seed + 2000)):
@@ -73,23 +84,42 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
                 path, quiet=True)
         splits[name] = load_traces(path).traces
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    run = args.out / "coarse"
+    sim_run = args.out / "sim_coarse"
     emb = make_embedder(cfg.embedder)
-    cache = run / "feature_cache"
+    cache = sim_run / "feature_cache"
     train_ensemble(cfg, args.members, train_traces, featurise(train_traces, emb, cache, True),
-                   splits["val"], featurise(splits["val"], emb, cache, True), run)
+                   splits["val"], featurise(splits["val"], emb, cache, True), sim_run)
+    real_cfg = dataclasses.replace(cfg, epochs=args.real_epochs, init=str(sim_run.resolve()))
+    print(f"== 6. {args.folds}-fold cross-validation on the {len(dev_traces)} development logs: "
+          f"each fold fine-tunes the simulated model on the other folds' logs")
+    cv = cross_validate(dev_traces, [], real_cfg, args.folds, args.members, args.out / "cv")
+    print(f"== 7. the coarse model: the simulated model fine-tuned on all "
+          f"{len(dev_traces)} development logs")
+    run = args.out / "coarse"
+    train_ensemble(real_cfg, args.members, dev_traces,
+                   featurise(dev_traces, emb, run / "feature_cache", True), [], [], run)
     backend = None if args.coarse_only else _tiny_fine_stage(args, train_traces)
     opts = RunOptions(threshold=args.threshold, seed=args.seed)
     rows = []
+    for name, s in cv["overall"].items():
+        rows.append((f"Who&When dev logs, {args.folds}-fold CV" if not rows else "", name, s["n"],
+                     s["agent_acc"], s["step_acc"], s["step_acc_pm1"], s["topk_agent_recall"],
+                     s["ece"]))
+    sim_only = {c["trace_id"]: c for c in predict_traces(sim_run, splits["test"], 3)}
+    s = evaluate(splits["test"], {"sim": {k: coarse_verdict(c) for k, c in sim_only.items()}},
+                 sim_only)["overall"]["sim"]
+    rows.append(("sim test", "simulated-only coarse model", s["n"], s["agent_acc"],
+                 s["step_acc"], s["step_acc_pm1"], s["topk_agent_recall"], s["ece"]))
     for i, (name, key, traces) in enumerate((
             (f"sim test (unseen seeds; incl. {args.held_out_topology})", "sim_test",
-             splits["test"]), ("Who&When dev logs (never trained on)", "dev", dev_traces))):
-        print(f"== {7 + i}. attribute the {name}")
+             splits["test"]), ("Who&When dev logs (trained on: see the CV rows)", "dev",
+                               dev_traces))):
+        print(f"== {9 + i}. attribute the {name} with the final model")
         _, _, report = run_pipeline(traces, args.out / key, "coarse", run, backend, opts)
         for j, (method, s) in enumerate(report["overall"].items()):
             rows.append((name if j == 0 else "", method, s["n"], s["agent_acc"], s["step_acc"],
                          s["step_acc_pm1"], s["topk_agent_recall"], s["ece"]))
-    print("== accuracy (strict; details in eval.md beside each report)")
+    print("== accuracy (strict; details in eval.md beside each report and in cv/eval.md)")
     print(format_table(("set", "method", "n", "agent acc", "step acc", "step ±1",
                         "agent top-3", "ECE"), rows))
     for key in ("sim_test", "dev"):
@@ -108,7 +138,7 @@ def _tiny_fine_stage(args: argparse.Namespace, train_traces):
     from llm_stage.tiny import build_tiny_model
 
     sample = train_traces[:: max(1, len(train_traces) // 300)]
-    print(f"== 6. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
+    print(f"== 8. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
           f"{len(sample)} simulated traces")
     # its tokenizer and pre-training see log text and answers, as a real base has seen both
     texts = [s.content for t in sample for s in t.steps] + [

@@ -124,8 +124,8 @@ def predictions(out: Outputs, b: Batch) -> dict[str, jax.Array]:
 
 def make_steps(cfg: TrainConfig):
     """The jitted train and eval steps. They depend only on the model and the loss weights, so
-    runs that differ in seed or starting point (ensemble members, folds) share them, and the
-    evaluation step's compiled code."""
+    runs that differ in seed or starting point (ensemble members, folds) share them and their
+    compiled code (see `_model_and_tx`)."""
     return _make_steps(dataclasses.replace(cfg, seed=0, init="", epochs=1))
 
 
@@ -163,14 +163,23 @@ def _make_steps(cfg: TrainConfig):
     return model, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
+@lru_cache(maxsize=8)
+def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: int,
+                  clip_norm: float, weight_decay: float):
+    """One model and optimiser object per setting: the train state's static part is then the
+    same for ensemble members and folds, so jit reuses their compiled train step."""
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, total_steps // 2),
+                                               max(total_steps, 2), lr * 0.05)
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(sched, weight_decay=weight_decay))
+    return AstraMoE(model_cfg), tx
+
+
 def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
-    model = AstraMoE(cfg.model)
+    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
+                              cfg.weight_decay)
     rng = jax.random.PRNGKey(cfg.seed)
     params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, total_steps // 2),
-                                               max(total_steps, 2), cfg.lr * 0.05)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                     optax.adamw(sched, weight_decay=cfg.weight_decay))
     return State.create(apply_fn=model.apply, params=params, tx=tx,
                         rng=jax.random.PRNGKey(cfg.seed + 1))
 

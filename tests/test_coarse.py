@@ -179,6 +179,10 @@ def test_an_ensemble_averages_its_members(tmp_path, capsys):
     assert [d.name for d in dirs] == ["member-1", "member-2"] and len(res) == 2
     seeds = [json.loads((d / "config.json").read_text())["seed"] for d in dirs]
     assert seeds == [0, 1]
+    # members share compiled code: one more model on the same data compiles nothing
+    compiled = COMPILES["train"]
+    train(one, tr, ftr, va, fva, tmp_path / "single", progress=False)
+    assert COMPILES["train"] == compiled
     # a finished member is not trained again, and still reports its best epoch
     again = train_ensemble(one, 2, tr, ftr, va, fva, run, progress=False)
     assert [r["best"]["epoch"] for r in again] == [1, 1]
