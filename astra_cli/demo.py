@@ -8,7 +8,7 @@ from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, validate_pa
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
-from data_gen.stats import STATS_HEADERS, stats_rows
+from data_gen.stats import STATS_HEADERS, label_positions, stats_rows
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ok, errors, _ = validate_paths([sim_path], quiet=True)
     print(format_table(("file", "valid", "invalid"), [(str(sim_path), ok, len(errors))]))
     print("== 3. statistics")
-    print(format_table(STATS_HEADERS, stats_rows(load_traces(sim_path).traces)))
+    sim = load_traces(sim_path).traces
+    print(format_table(STATS_HEADERS, stats_rows(sim)))
     print(f"== 4. read the development logs ({args.dev_logs})")
     dev = load_traces(args.dev_logs)
     for e in dev.errors:
@@ -56,6 +57,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"warning {w}")
     if dev.traces:
         print(format_table(STATS_HEADERS, stats_rows(dev.traces)))
+        print("where labels sit, simulated failures beside real ones:")
+        print(format_table(("labels of", "n", "at step 0", "on agent's 1st step", "rel. pos."), [
+            (name, len(ts), *(label_positions(ts) or ("-",) * 3)) for name, ts in (
+                ("ASTRA-Gen fatal traces", [t for t in sim if t.variant == "fatal"]),
+                ("Who&When dev logs", [t for t in dev.traces if t.label]))]))
     if errors or dev.errors:
         return 1
     return _coarse(args, sim_path, dev.traces)

@@ -1,13 +1,41 @@
-"""Dataset statistics: what a set of traces holds, per group, as table rows."""
+"""Dataset statistics: what a set of traces holds, per group, as table rows.
+
+Where labels sit is reported beside counts, so that simulated data can be checked against real
+failure logs: the share of labels at step 0 (the opening plan), the share on the labelled
+agent's first step, and the mean relative position step / (steps - 1).
+"""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from data_gen.trace import Trace
 
 STATS_HEADERS = ("group", "traces", "steps min", "steps mean", "steps max", "agents mean",
-                 "labelled", "label at step 0", "top modes")
+                 "labelled", "label at step 0", "label on agent's 1st step", "label rel. pos.",
+                 "top modes")
+
+
+class LabelPositions(NamedTuple):
+    """Where the labels of a set of traces sit; each a share or mean in [0, 1]."""
+    at_step0: float
+    on_first_step: float  # the labelled step is the first step of the labelled agent
+    mean_relative: float  # mean of step / (steps - 1)
+
+
+def label_positions(traces: Iterable[Trace]) -> LabelPositions | None:
+    """Positions of the labels of the labelled traces; None when none is labelled."""
+    at0 = first = rel = 0.0
+    n = 0
+    for t in traces:
+        if t.label is None:
+            continue
+        n += 1
+        step = t.label.step
+        at0 += step == 0
+        first += all(s.agent != t.label.agent for s in t.steps[:step])
+        rel += step / max(len(t.steps) - 1, 1)
+    return LabelPositions(at0 / n, first / n, rel / n) if n else None
 
 
 def group_of(t: Trace) -> str:
@@ -16,18 +44,23 @@ def group_of(t: Trace) -> str:
 
 
 def stats_rows(traces: Iterable[Trace]) -> list[tuple]:
+    """One row per topology/variant, one per variant over all topologies (`all/fatal`: what
+    compares with real failure logs), and `all`."""
     groups: dict[str, list[Trace]] = defaultdict(list)
     for t in traces:
         groups[group_of(t)].append(t)
+        if t.variant:
+            groups[f"all/{t.variant}"].append(t)
         groups["all"].append(t)
     rows = []
-    for name in sorted(groups, key=lambda g: (g == "all", g)):
+    for name in sorted(groups, key=lambda g: (g == "all", g.startswith("all/"), g)):
         ts = groups[name]
         lens = [len(t.steps) for t in ts]
         labelled = [t for t in ts if t.label]
         modes = Counter(t.label.mode or "unknown" for t in labelled).most_common(3)
+        pos = label_positions(labelled)
         rows.append((name, len(ts), min(lens), sum(lens) / len(lens), max(lens),
                      sum(len(t.agents) for t in ts) / len(ts), len(labelled),
-                     sum(t.label.step == 0 for t in labelled),
+                     *(pos if pos else ("-", "-", "-")),
                      ", ".join(f"{m} {c}" for m, c in modes) or "-"))
     return rows

@@ -135,7 +135,7 @@ def pipeline_run(coarse_run, tmp_path_factory):
         Step(1, "Coder", "<script>document.body.setAttribute('data-pwned','1')</script>"
                          "<img src=x onerror=\"document.title='pwned'\"> ```bad```"),
         Step(2, "Planner", "done </pre></div><b>not bold</b>")), label=Label("Coder", 1))
-    long = max((t for r in generate(GenConfig(n_tasks=4, seed=23, min_tools=24, workers=1))
+    long = max((t for r in generate(GenConfig(n_tasks=4, seed=29, min_tools=24, workers=1))
                 for t in r.traces if t.variant == "fatal"), key=lambda t: t.label.step)
     assert 16 * long.label.step > 1600  # off the window: the page must scroll to the step
     write_traces([hostile, long], d / "hostile.jsonl")

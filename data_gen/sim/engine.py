@@ -7,6 +7,11 @@ computes a value for every artifact, so the final answer is a real function of e
 chain. A fault changes what one action does; whether it is fatal is found by executing, and the
 label is found by replay: the earliest step of an agent (the environment is not an agent) whose
 correction makes the run succeed.
+
+The opening plan restates the task, and the calls that work on the question read that
+restatement, so a plan that misstates the task is a real, fatal fault at step 0; so is a plan
+that asserts the first tool's result instead of having it computed. A misreading is the first
+acting agent's first call working on a wrong restatement of the question.
 """
 from __future__ import annotations
 
@@ -15,16 +20,27 @@ from dataclasses import dataclass, field
 
 from data_gen.sim.teams import Team
 from data_gen.sim.tools import TOOL_INDEX, Tool
+from data_gen.trace import FAULT_MODES
 
 MOD = 1_000_003
-FAULT_OPS = {
+N_TOPICS = 16  # a question value v names topic v % N_TOPICS and year 1950 + (v // N_TOPICS) % 70
+YEAR_SLIPS = (1, 69, 10, 60)  # misread years: one later, one earlier, a decade later or earlier
+FAULT_OPS = {  # fault kind -> the ops it can sit on
     "parameter_error": ("call",),
     "context_loss": ("call",),
     "logic_error": ("call",),
     "information_withholding": ("handoff",),
     "environment_failure": ("handoff",),
     "role_violation": ("instruct",),
+    "plan_misstates_task": ("plan",),
+    "plan_asserts_value": ("plan",),
+    "task_misreading": ("call",),
 }
+PLAN_FAULTS = ("plan_misstates_task", "plan_asserts_value")
+# the fault mode a label reports: a plan that misstates the task is faulty reasoning, a plan that
+# asserts a tool's result does the executor's job, a misread question is a wrong tool argument
+LABEL_MODE = {**{m: m for m in FAULT_MODES}, "plan_misstates_task": "logic_error",
+              "plan_asserts_value": "role_violation", "task_misreading": "parameter_error"}
 
 
 @dataclass
@@ -36,7 +52,7 @@ class Action:
     inputs: tuple[int, ...] = ()  # artifact ids read
     output: int | None = None  # artifact id written
     to: str | None = None
-    call: int | None = None  # the call this instruct/handoff/verify is about
+    call: int | None = None  # the call this plan/instruct/handoff/verify is about
     diligent: bool = False  # a verify that recomputes rather than rubber-stamps
     chunk: int = -1  # which tool of the walk this action serves
 
@@ -74,6 +90,11 @@ def perturb(v: int) -> int:
     return (v * 31 + 97) % MOD or 1
 
 
+def misread(v: int) -> int:
+    """The question with its year slipped and its topic kept: a careless reading of the task."""
+    return v + N_TOPICS * YEAR_SLIPS[v % len(YEAR_SLIPS)]
+
+
 @dataclass(frozen=True)
 class ChunkChoice:
     ledger: bool
@@ -91,14 +112,15 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
     """Linearise a walk into actions; `heal_chunk` adds a diligent verify after that tool's chunk."""
     actions: list[Action] = []
     producer = [-1]  # artifact 0 is the question
-    latest = {"question": 0}
 
     def new_artifact() -> int:
         producer.append(len(actions))
         return len(producer) - 1
 
-    actions.append(Action(team.coordinator, "plan", "thought" if team.framework == "magentic-one"
-                          else "message", inputs=(0,), chunk=-1))
+    opening = Action(team.coordinator, "plan", "thought" if team.framework == "magentic-one"
+                     else "message", inputs=(0,), output=new_artifact(), chunk=-1)
+    actions.append(opening)
+    latest = {"question": opening.output}  # the task as the plan restates it
     for k, (tool, ch) in enumerate(zip(walk, choices)):
         executor = team.executors[tool.skill]
         inputs = tuple(latest[c] for c in tool.consumes)
@@ -111,6 +133,8 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
             actions.append(instruct)
             instruct.call = len(actions)
         call_index = len(actions)
+        if opening.call is None:
+            opening.call = call_index
         out = new_artifact()
         actions.append(Action(executor, "call", "tool_call", tool=tool, inputs=inputs, output=out,
                               chunk=k))
@@ -158,7 +182,14 @@ def execute(plan: Plan, fault: Fault | None = None, corrected: int | None = None
     final = None
     for i, a in enumerate(acts):
         faulty = fault is not None and fault.step == i and corrected != i
-        if a.op == "instruct" and faulty:
+        if a.op == "plan":
+            vals[a.output] = vals[0]
+            if faulty and fault.mode == "plan_misstates_task":
+                vals[a.output], status[i] = misread(vals[0]), "corrupt"
+            elif faulty and fault.mode == "plan_asserts_value":
+                override[acts[a.call].output] = perturb(redo(a.call))
+                status[i] = "corrupt"
+        elif a.op == "instruct" and faulty:
             override[acts[a.call].output] = perturb(redo(a.call))
             status[i] = "corrupt"
         elif a.op == "call":
@@ -169,6 +200,8 @@ def execute(plan: Plan, fault: Fault | None = None, corrected: int | None = None
             ins = [read(j) for j in a.inputs]
             if faulty and fault.mode in ("parameter_error", "context_loss"):
                 ins[0] = perturb(ins[0])
+            elif faulty and fault.mode == "task_misreading":
+                ins[0] = misread(ins[0])
             v = mix(a.tool, ins)
             if faulty and fault.mode == "logic_error":
                 v = perturb(v)
@@ -209,7 +242,17 @@ def eligible_steps(plan: Plan, mode: str, team: Team) -> list[int]:
         steps = [i for i in steps if plan.actions[i - 1].op in ("result", "call")]
     if mode == "context_loss":
         steps = [i for i in steps if i >= 4]
+    if mode == "task_misreading":  # the first call, made by an agent that has not spoken yet
+        steps = [i for i in steps if i == plan.actions[0].call and i in first_steps(plan)]
     return steps
+
+
+def first_steps(plan: Plan) -> set[int]:
+    """The steps at which each agent speaks for the first time."""
+    seen: dict[str, int] = {}
+    for i, a in enumerate(plan.actions):
+        seen.setdefault(a.agent, i)
+    return set(seen.values())
 
 
 def decisive_step(plan: Plan, fault: Fault, golden_final: int, env_agent: str | None) -> int | None:

@@ -1,6 +1,6 @@
 """ASTRA-Gen: golden / fatal / healed triplets of the same task, deterministic for a seed.
 
-For each task seed: pick a topology, walk the tool graph, build the plan, draw a fault mode and an
+For each task seed: pick a topology, walk the tool graph, build the plan, draw a fault kind and an
 eligible step, execute. A fatal trace is kept only if its run fails, the run without the fault
 succeeds, and a replay finds a step whose correction makes it succeed; that earliest step is the
 label. The healed trace is the same run with a diligent verifier after the faulty step, kept only
@@ -13,17 +13,30 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from data_gen.sim.engine import (Fault, Plan, Run, build_plan, decisive_step, draw_choices,
-                                 eligible_steps, execute)
+from data_gen.sim.engine import (LABEL_MODE, PLAN_FAULTS, Fault, Plan, Run, build_plan,
+                                 decisive_step, draw_choices, eligible_steps, execute, first_steps)
 from data_gen.sim.render import TOPICS, render_step, show
 from data_gen.sim.teams import TEAMS, Team
 from data_gen.sim.tools import random_walk
+from data_gen.stats import LabelPositions
 from data_gen.trace import (FAULT_MODES, VARIANTS, AgentSpec, Label, Outcome, Step, System, Task,
                             ToolCall, Trace)
 
 
+# Where labels sit in the 126 Who&When Algorithm-Generated development logs (measured once with
+# `astra traces stats`; the generator never reads them): the rates below aim at these.
+DEV_LABEL_POSITIONS = LabelPositions(at_step0=0.159, on_first_step=0.532, mean_relative=0.369)
+
+
 @dataclass(frozen=True)
 class GenConfig:
+    """`plan_fault_rate`: share of tasks whose fault is in the opening plan (it misstates the
+    task or asserts the first tool's result; label at step 0). `misreading_rate`: share whose
+    first acting agent misreads the question in its first step. The rest draw from `modes`;
+    with probability `first_step_bias` such a fault goes to an agent's first step where one is
+    eligible (an agent new to the conversation has the least context).
+    With the defaults, labels of the fatal traces sit at step 0, on the labelled agent's first
+    step and at a mean relative position close to DEV_LABEL_POSITIONS."""
     n_tasks: int = 100
     seed: int = 0
     topologies: tuple[str, ...] = tuple(TEAMS)
@@ -32,12 +45,29 @@ class GenConfig:
     min_tools: int = 1
     max_tools: int = 28
     workers: int = 0  # 0: all cores
+    plan_fault_rate: float = 0.16
+    misreading_rate: float = 0.22
+    first_step_bias: float = 0.7
 
 
 @dataclass
 class TaskResult:
     traces: list[Trace] = field(default_factory=list)
     rejected: str | None = None
+
+
+def draw_fault_kind(rng: random.Random, cfg: GenConfig) -> str:
+    """A faulty plan, a misreading or one of `cfg.modes`, at the configured rates; kinds whose
+    label mode is not in `cfg.modes` are not drawn."""
+    u = rng.random()
+    if u < cfg.plan_fault_rate:
+        pool = PLAN_FAULTS
+    elif u < cfg.plan_fault_rate + cfg.misreading_rate:
+        pool = ("task_misreading",)
+    else:
+        pool = cfg.modes
+    pool = tuple(k for k in pool if LABEL_MODE[k] in cfg.modes) or cfg.modes
+    return pool[rng.randrange(len(pool))]
 
 
 def _reason(mode: str, agent: str, tool: str | None, step: int) -> str:
@@ -48,6 +78,11 @@ def _reason(mode: str, agent: str, tool: str | None, step: int) -> str:
         "information_withholding": f"did not pass on the result of {tool}, so it had to be guessed",
         "environment_failure": f"ignored the failure of {tool} and reported a made-up result",
         "role_violation": f"answered {tool} itself instead of delegating it, asserting a wrong value",
+        "plan_misstates_task": "set every later step on the wrong question by restating the "
+                               "task with a wrong year in the plan",
+        "plan_asserts_value": f"asserted a wrong result of {tool} in the plan instead of having "
+                              "it computed",
+        "task_misreading": f"misread the question (a wrong year) and ran {tool} on it",
     }[mode]
     return f"{agent} {what} at step {step}."
 
@@ -62,8 +97,6 @@ def _trace(team: Team, plan: Plan, run: Run, fault: Fault | None, label: Label |
         refs = {plan.producer[j] for j in a.inputs if plan.producer[j] >= 0}
         if i in instruct_of:
             refs.add(instruct_of[i])
-        elif a.op == "call" and not refs:
-            refs.add(0)  # a lead's own call on the question follows its own plan
         if team.framework == "magentic-one":
             role = f"{a.agent} (thought)" if a.kind == "thought" else (
                 f"{a.agent} (-> {a.to})" if a.to else a.agent)
@@ -102,9 +135,12 @@ def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
                                  question, golden.final, seed))
     if not {"fatal", "healed"} & set(cfg.variants):
         return out
-    mode = cfg.modes[rng.randrange(len(cfg.modes))]
+    mode = draw_fault_kind(rng, cfg)
     candidates = eligible_steps(plan, mode, team)
     rng.shuffle(candidates)
+    if rng.random() < cfg.first_step_bias:
+        firsts = first_steps(plan)
+        candidates.sort(key=lambda i: i not in firsts)  # stable: still shuffled within each
     for step in candidates[:4]:
         fault = Fault(step, mode)
         run = execute(plan, fault, golden_final=golden.final)
@@ -113,16 +149,18 @@ def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
         decisive = decisive_step(plan, fault, golden.final, team.env_agent)
         if decisive is None:
             continue
-        agent = plan.actions[decisive].agent
-        tool = plan.actions[decisive].tool
-        label = Label(agent=agent, step=decisive, mode=mode,
+        act = plan.actions[decisive]
+        agent = act.agent
+        tool = act.tool if act.op != "plan" else plan.actions[act.call].tool  # its first tool
+        label = Label(agent=agent, step=decisive, mode=LABEL_MODE[mode],
                       reason=_reason(mode, agent, tool.name if tool else None, decisive))
         if "fatal" in cfg.variants:
             out.traces.append(_trace(team, plan, run, fault, label, "fatal", f"{tid}-fatal",
                                      question, golden.final, seed))
         if "healed" in cfg.variants:
+            # a plan fault is caught, if at all, by a check of the first tool's result
             healed_plan = build_plan(team, walk, choices, seed_value,
-                                     heal_chunk=plan.actions[step].chunk)
+                                     heal_chunk=max(plan.actions[step].chunk, 0))
             healed = execute(healed_plan, fault, golden_final=golden.final)
             if healed.success:
                 out.traces.append(_trace(team, healed_plan, healed, fault, label, "healed",

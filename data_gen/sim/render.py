@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import random
 
-from data_gen.sim.engine import Fault, Plan, Run, perturb
+from data_gen.sim.engine import N_TOPICS, Fault, Plan, Run, misread, perturb
 from data_gen.sim.teams import Team
 
 TOPICS = ("museum attendance", "river length", "album release", "Olympic medal table",
           "city population", "bus route timetable", "paper citations", "bird census",
           "stock split history", "film box office", "chess tournament", "award winners",
           "rainfall record", "train ridership", "library holdings", "vaccine trial enrolment")
+assert len(TOPICS) == N_TOPICS  # a question's value names its topic and year through N_TOPICS
 DOMAINS = ("en.wikipedia.org", "www.census.gov", "arxiv.org", "www.imdb.com", "data.worldbank.org",
            "www.nature.com", "github.com", "www.bls.gov", "archive.org", "www.usgs.gov")
 NAMES = ("Ada Lovelace", "Carl Linnaeus", "Mary Somerville", "Alan Turing", "Rosalind Franklin",
@@ -40,7 +41,7 @@ def show(kind: str, v: int | None) -> str:
     if v is None:
         return "<no output>"
     if kind == "question":
-        return f"the {TOPICS[v % len(TOPICS)]} for {1950 + v % 70}"
+        return f"the {TOPICS[v % N_TOPICS]} for {1950 + v // N_TOPICS % 70}"
     if kind == "query":
         return f'"{TOPICS[v % len(TOPICS)]} {1950 + v % 70} site:{DOMAINS[v % len(DOMAINS)]}"'
     if kind == "urls":
@@ -75,8 +76,41 @@ def _filler(rng: random.Random, lo: int, hi: int) -> str:
 
 
 def _kind_of(plan: Plan, artifact: int) -> str:
+    """The kind of an artifact: the question, or the plan's restatement of it, or a tool output."""
     p = plan.producer[artifact]
-    return "question" if p < 0 else plan.actions[p].tool.produces
+    return "question" if p < 0 or plan.actions[p].tool is None else plan.actions[p].tool.produces
+
+
+def _plan_text(rng: random.Random, team: Team, plan: Plan, run: Run, fault: Fault | None,
+               question_text: str) -> str:
+    """The opening plan: the question, the task as the planner restates it (what later steps
+    work on), the steps, and, where the plan asserts the first tool's result, that value."""
+    a, fw = plan.actions[0], team.framework
+    task = show("question", run.values[a.output])
+    steps = [f"{n + 1}. {VERB[x.tool.name].capitalize()} {x.tool.consumes[0]}"
+             for n, x in enumerate(y for y in plan.actions if y.op == "instruct")]
+    if fault is not None and fault.step == 0 and fault.mode == "plan_asserts_value":
+        first = plan.actions[a.call]
+        kind = first.tool.produces.replace("_", " ")
+        claimed = show(first.tool.produces, run.values[first.output])
+        steps.append(rng.choice((f"The {kind} we need first is already known: {claimed}. "
+                                 f"Use it directly.",
+                                 f"No tool is needed to {VERB[first.tool.name]} the "
+                                 f"{first.tool.consumes[0]}; the {kind} is {claimed}.")))
+    head = rng.choice(("Here is the plan to follow:", "Plan for solving the task:",
+                       "We will proceed as follows.", "Initial plan:"))
+    if fw == "magentic-one":
+        return (f"Initial plan:\n\nWe are working to address the following user request:\n\n"
+                f"{question_text}\n\nTo answer this request we have assembled the following "
+                f"team:\n\n" + "\n".join(f"{k}: {v}" for k, v in team.roles.items())
+                + f"\n\nHere is the initial fact sheet:\n\n1. GIVEN OR VERIFIED FACTS\n"
+                f"   - The request concerns {task}.\n\n" + "\n".join(steps))
+    if fw == "metagpt":
+        return (f"[Team Leader] ## Task breakdown for: {question_text}\nGoal: determine {task}.\n"
+                + "\n".join(steps))
+    return (f"# Task\n{question_text}\n\n## Task description\nDetermine {task} and report the "
+            f"resulting figure.\n\n## {head}\n" + "\n".join(steps)
+            + "\n\n## Constraints\n- Use verified sources.\n- Report the final value.")
 
 
 def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
@@ -87,20 +121,7 @@ def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
     faulty = fault is not None and fault.step == i
     val = lambda j: show(_kind_of(plan, j), run.values[j])  # noqa: E731
     if a.op == "plan":
-        steps = [f"{n + 1}. {VERB[x.tool.name].capitalize()} {x.tool.consumes[0]}"
-                 for n, x in enumerate(y for y in plan.actions if y.op == "instruct")]
-        head = rng.choice(("Here is the plan to follow:", "Plan for solving the task:",
-                           "We will proceed as follows.", "Initial plan:"))
-        if fw == "magentic-one":
-            return (f"Initial plan:\n\nWe are working to address the following user request:\n\n"
-                    f"{question_text}\n\nTo answer this request we have assembled the following "
-                    f"team:\n\n" + "\n".join(f"{k}: {v}" for k, v in team.roles.items())
-                    + "\n\n" + "\n".join(steps)), None
-        if fw == "metagpt":
-            return (f"[Team Leader] ## Task breakdown for: {question_text}\n" + "\n".join(steps)
-                    ), None
-        return (f"# Task\n{question_text}\n\n## {head}\n" + "\n".join(steps)
-                + "\n\n## Constraints\n- Use verified sources.\n- Report the final value."), None
+        return _plan_text(rng, team, plan, run, fault, question_text), None
     if a.op == "ledger":
         nxt = team.coordinator
         return ('{\n  "is_request_satisfied": {"reason": "' + _filler(rng, 4, 10) +
@@ -130,6 +151,8 @@ def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
         shown = [run.values[j] for j in a.inputs]
         if faulty and fault.mode in ("parameter_error", "context_loss"):
             shown[0] = perturb(shown[0] if shown[0] is not None else 0)
+        elif faulty and fault.mode == "task_misreading":
+            shown[0] = misread(shown[0])
         args = [show(_kind_of(plan, j), v) for j, v in zip(a.inputs, shown)]
         out = show(a.tool.produces, run.values[a.output])
         tool = {"name": a.tool.name, "arguments": {"input": args[0]},
@@ -137,6 +160,9 @@ def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
         if run.status[i] == "skipped":
             return f"Using the value given: {out}.", tool
         pre = ""
+        if _kind_of(plan, a.inputs[0]) == "question":  # restates the task it works on
+            pre = rng.choice((f"The task asks for {args[0]}. ", f"So we need {args[0]}. ",
+                              f"Restating the task: we are looking for {args[0]}. "))
         if faulty and fault.mode == "context_loss":
             pre = rng.choice(("Going back to what the task asked for earlier, ",
                               "As I recall the original requirement, "))
