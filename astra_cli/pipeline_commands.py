@@ -25,8 +25,8 @@ STAGES = ("coarse", "fine", "report")
 def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="traces → coarse → fine → verdicts → evaluation + HTML report")
     r.add_argument("traces", nargs="+", type=Path, help="trace files or directories, any format")
-    r.add_argument("--coarse", type=Path, help="coarse run directory from `astra train` "
-                   "(needed when starting from the coarse stage)")
+    r.add_argument("--coarse", type=Path, help="coarse model: a run directory of `astra train` "
+                   "or a file of `astra export` (default: the model shipped with the package)")
     r.add_argument("--out", type=Path, required=True, help="output directory")
     r.add_argument("--from", dest="start", choices=STAGES, default="coarse",
                    help="restart from this stage, reusing the earlier stages' files in --out")
@@ -116,9 +116,9 @@ class RunOptions:
     seed: int = 0
 
 
-def coarse_stage(run: Path, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
+def coarse_stage(run: Path | None, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
     from astra_cli.coarse_commands import predict_traces
-    print(f"== coarse stage: {len(traces)} traces, model {run}")
+    print(f"== coarse stage: {len(traces)} traces, model {run or 'shipped with the package'}")
     t0 = time.perf_counter()
     cands = predict_traces(run, traces, k)
     share = round((time.perf_counter() - t0) / max(len(cands), 1), 4)
@@ -172,8 +172,6 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
     for stage, path in (("fine", cand_path), ("report", verdict_path)):
         if first >= STAGES.index(stage) and not path.exists():
             raise SystemExit(f"error: --from {start} needs {path} from an earlier run")
-    if first == 0 and coarse_run is None:
-        raise SystemExit("error: --coarse RUN_DIR is needed to start from the coarse stage")
     cands = (coarse_stage(coarse_run, traces, opts.top_k, cand_path) if first == 0
              else read_stage_rows(cand_path, CANDIDATES_SCHEMA))
     verdicts = (fine_stage(backend, traces, cands, opts, verdict_path) if first <= 1
