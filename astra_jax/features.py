@@ -57,12 +57,12 @@ class MiniLMEmbedder:
     `max_tokens - tail_tokens` and its last `tail_tokens` ones (by default the first 96 and the
     last 32), between [CLS] and [SEP]. The head says what a step is (whom it addresses, which
     tool, what it claims); the tail is where a tool output or a long message ends (the error,
-    the final value, TERMINATE). Plain truncation kept only the head. Texts are embedded
+    the final value, TERMINATE). Texts are embedded
     shortest first in batches of `batch_size`, so a batch pads to little more than its own
     longest text. `name` spells the rule out, so caches of different rules never mix.
 
     `threads`, when given, sets torch's thread count for the whole process: on a CPU shared with
-    other jobs one thread beats one per core, whose threads wait on each other (measured 2x on
+    other jobs one thread beats one per core, whose threads wait on each other (up to 2x on
     2 cores at load 8, docs/coarse_stage.md); None keeps torch's default of one per core.
     Dynamic int8 quantisation was measured and left out: 0.93 mean cosine to float32.
     """
