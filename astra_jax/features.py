@@ -57,9 +57,8 @@ class MiniLMEmbedder:
     `max_tokens - tail_tokens` and its last `tail_tokens` ones (by default the first 96 and the
     last 32), between [CLS] and [SEP]. The head says what a step is (whom it addresses, which
     tool, what it claims); the tail is where a tool output or a long message ends (the error,
-    the final value, TERMINATE). Texts are embedded
-    shortest first in batches of `batch_size`, so a batch pads to little more than its own
-    longest text. `name` spells the rule out, so caches of different rules never mix.
+    the final value, TERMINATE). Texts are embedded shortest first in batches of `batch_size`,
+    so a batch pads to little more than its own longest text. `name` spells the rule out, so caches of different rules never mix.
 
     `threads`, when given, sets torch's thread count for the whole process: on a CPU shared with
     other jobs one thread beats one per core, whose threads wait on each other (up to 2x on
