@@ -28,5 +28,6 @@ model: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/gen_speed.py
 	$(BIN)/python bench/coarse_speed.py
+	$(BIN)/python bench/featurise_speed.py
 	$(BIN)/python bench/evidence_ablation.py
 	$(BIN)/python bench/prompt_tokens.py

