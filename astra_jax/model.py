@@ -80,6 +80,7 @@ class EdgeAttention(nn.Module):
     d_model: int
     heads: int
     use_rope: bool = False
+    dropout: float = 0.1
 
     @nn.compact
     def __call__(self, h, senders, receivers, edge_type, edge_mask, node_step, deterministic):
@@ -96,7 +97,7 @@ class EdgeAttention(nn.Module):
         logits = jnp.where(edge_mask[:, None] > 0, logits, -1e9)
         attn = segment_softmax(logits, receivers, n) * edge_mask[:, None]
         msg = jax.ops.segment_sum(attn[..., None] * v, receivers, n).reshape(n, self.d_model)
-        out = nn.Dropout(0.1)(nn.Dense(self.d_model)(msg), deterministic=deterministic)
+        out = nn.Dropout(self.dropout)(nn.Dense(self.d_model)(msg), deterministic=deterministic)
         h = nn.LayerNorm()(h + out)
         ff = nn.Dense(self.d_model)(nn.gelu(nn.Dense(2 * self.d_model)(h)))
         return nn.LayerNorm()(h + ff), attn
@@ -140,10 +141,10 @@ class AstraMoE(nn.Module):
         attn = None
         for _ in range(max(c.spatial_layers, c.temporal_layers)):
             if c.spatial_layers:
-                h, attn = EdgeAttention(c.d_model, c.heads)(
+                h, attn = EdgeAttention(c.d_model, c.heads, dropout=c.dropout)(
                     h, g.senders, g.receivers, g.edges, spatial, b.node_step, deterministic)
             if c.temporal_layers:
-                h, _ = EdgeAttention(c.d_model, c.heads, use_rope=True)(
+                h, _ = EdgeAttention(c.d_model, c.heads, use_rope=True, dropout=c.dropout)(
                     h, g.senders, g.receivers, g.edges, temporal, b.node_step, deterministic)
         node_mask = (b.node_graph < n_graphs - 1).astype(jnp.float32)
         h, balance, probs = MoEHead(c.d_model, c.experts, c.router_noise)(h, node_mask,

@@ -92,18 +92,24 @@ def read_stage_rows(path: str | Path, schema: str) -> dict[str, dict]:
 
 
 def coarse_choice(candidates: dict) -> tuple[str, int, float]:
-    """The coarse stage's top agent, that agent's top step, and the product of their scores
-    (the step is always the agent's own, so the pair is a coherent answer)."""
-    top = candidates["agents"][0]
-    step = top["steps"][0]
-    return top["agent"], int(step["step"]), float(top["score"]) * float(step["score"])
+    """The candidate (agent, one of its steps) with the highest product of agent and step
+    scores, and that product as the confidence. The step is always the agent's own, so the pair
+    is a coherent answer; a much likelier step of the second agent can win over the top agent's
+    best step (measured by cross-validation on the development logs: docs/coarse_stage.md)."""
+    best = max(((float(a["score"]) * float(s["score"]), -i, -j, a["agent"], int(s["step"]))
+                for i, a in enumerate(candidates["agents"]) for j, s in enumerate(a["steps"])),
+               default=None)
+    if best is None:
+        raise ValueError(f"candidates of {candidates.get('trace_id')!r} name no step")
+    conf, _, _, agent, step = best
+    return agent, step, conf
 
 
 def coarse_verdict(candidates: dict) -> dict[str, Any]:
     """A verdict from the coarse stage alone (the pipeline's `--fine none`)."""
     agent, step, conf = coarse_choice(candidates)
     return {"schema": VERDICT_SCHEMA, "trace_id": candidates["trace_id"], "agent": agent,
-            "step": step, "mode": None, "reason": "coarse stage's top agent and its top step",
+            "step": step, "mode": None, "reason": "coarse stage's likeliest agent and step",
             "confidence": round(conf, 6), "source": "gnn", "fallback": False,
             "tokens": {"prompt": 0, "completion": 0, "calls": 0},
             **({"latency_s": candidates["latency_s"]} if "latency_s" in candidates else {})}
