@@ -205,6 +205,7 @@ def test_an_ensemble_averages_its_members(tmp_path, capsys):
         train_ensemble(one, 2, tr, ftr, va, fva, dirs[0], progress=False)
     with pytest.raises(RunDirError, match="holds an ensemble"):
         train_ensemble(one, 1, tr, ftr, va, fva, run, progress=False)
+    (tmp_path / "nothing").mkdir()  # a directory without a model (a missing path: test_export)
     assert main(["predict", str(DEV / "1.json"), "--run", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "c.jsonl")]) == 2
     assert "nothing: no trained model here" in capsys.readouterr().err
