@@ -29,8 +29,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
     d.add_argument("--coarse-only", action="store_true", help="skip the tiny fine-stage model")
-    d.add_argument("--export", type=Path, help="also write the coarse model as a model file "
-                   "(`make model` writes the package's shipped model this way)")
+    d.add_argument("--export", type=Path, help="also write the coarse model as a model file, in "
+                   "float16 (`make model` writes the package's shipped model this way)")
     d.add_argument("--tiny-pretrain-steps", type=int, default=150)
     d.add_argument("--tiny-lora-steps", type=int, default=100)
     d.add_argument("--threshold", type=float, default=0.5,
@@ -168,7 +168,7 @@ def _export(args: argparse.Namespace, run: Path, recipe) -> None:
                f"{recipe.real_epochs} --folds {recipe.folds} --dev-logs {args.dev_logs.name}")
     provenance = run_provenance(run, args.out / "cv" / "eval.json", command)
     provenance["recipe"] = asdict(recipe)
-    export_model(cfg, members, args.export, provenance)
+    export_model(cfg, members, args.export, provenance, dtype="float16")  # half the size
     print(f"wrote the coarse model to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
     if before:
         _compare("the model replaced", before, read_header(args.export)[0]["evaluation"])
