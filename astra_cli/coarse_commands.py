@@ -40,23 +40,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="any TrainConfig field, e.g. shards=8, warmup_steps=10, model.heads=8")
     t.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() (see docs/coarse_stage.md)")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, compiles=True)
 
     p = sub.add_parser("predict", help="write top-K candidates JSONL (astra.candidates/v1)")
     p.add_argument("data", nargs="+", type=Path)
     p.add_argument("--run", type=Path, required=True, help="a run directory from `astra train`")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, compiles=True)
 
     a = sub.add_parser("attribute", help="who failed, when, how sure, for one trace")
     a.add_argument("trace", type=Path, help="a trace file in any supported format")
     a.add_argument("--run", type=Path, required=True)
     a.add_argument("--top-k", type=int, default=3)
-    a.set_defaults(func=cmd_attribute)
+    a.set_defaults(func=cmd_attribute, compiles=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from astra_jax.compilation import compile_stats
     from astra_jax.features import evidence_mask, featurise, make_embedder
     from astra_jax.model import ModelConfig
     from astra_jax.train import TrainConfig, override, train_ensemble
@@ -89,6 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             for i, r in enumerate(results)]
     print(format_table(("seed", "best epoch", "val agent acc", "val step acc", "val top-3 agent",
                         "val ECE"), rows))
+    c = compile_stats()
+    print(f"compiled {c.compiled} XLA programs and loaded {c.cache_hits} from the compile cache "
+          f"in {c.seconds:.1f}s")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Packing featurised traces into one padded `jraph.GraphsTuple` per batch.
 
-Every batch has `batch_size + 1` graphs (the last one absorbs padding) and node, edge and agent
-counts rounded up to the next size bucket (powers of two from a floor), so a training run
-compiles once per bucket it meets: a handful of times, not once per batch.
+Every batch has `batch_size + 1` graphs (the last one absorbs padding) and is padded to a size
+bucket: one ladder of (nodes, edges, agents) = (512, 2048, 128) * 2**level, the smallest level
+that holds the batch. Nodes, edges and agents grow together in a log, so one ladder wastes
+little padding, and a training run compiles once per level it meets (two or three), not once
+per combination of separately rounded counts.
 """
 from __future__ import annotations
 
@@ -34,13 +36,6 @@ class Batch(NamedTuple):
     mode_mask: np.ndarray  # [G]
 
 
-def bucket(n: int, floor: int) -> int:
-    size = floor
-    while size < n:
-        size *= 2
-    return size
-
-
 def labels_of(trace: Trace) -> tuple[int, int, int, int]:
     """(step, agent index, failed, mode index); -1 where unknown. Healed runs did not fail."""
     failed = int(trace.failed)
@@ -66,7 +61,7 @@ def training_use(trace: Trace) -> tuple[str, str | None]:
 
 
 Sizes = tuple[int, int, int]  # padded (nodes, edges, agents)
-NODE_FLOOR, EDGE_FLOOR, AGENT_FLOOR = 512, 2048, 64
+SMALLEST_BUCKET: Sizes = (512, 2048, 128)
 
 
 def exact_sizes(items: list[Featurised]) -> Sizes:
@@ -79,7 +74,11 @@ def exact_sizes(items: list[Featurised]) -> Sizes:
 def bucket_sizes(items: list[Featurised]) -> Sizes:
     """The smallest bucket (nodes, edges, agents) that holds `items` plus one padding slot."""
     n, e, a = exact_sizes(items)
-    return bucket(n, NODE_FLOOR), bucket(e, EDGE_FLOOR), bucket(a, AGENT_FLOOR)
+    n0, e0, a0 = SMALLEST_BUCKET
+    scale = 1
+    while n > n0 * scale or e > e0 * scale or a > a0 * scale:
+        scale *= 2
+    return n0 * scale, e0 * scale, a0 * scale
 
 
 def feature_dims(f: Featurised) -> tuple[int, int]:

@@ -28,7 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from astra_jax import RunDirError
-from astra_jax.batching import Batch, feature_dims, labels_of, pack_batch, pack_shards
+from astra_jax.batching import (SMALLEST_BUCKET, Batch, bucket_sizes, feature_dims, labels_of,
+                                pack_batch, pack_shards)
+from astra_jax.compilation import CompileStats, compile_stats, track_compiles
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
 from data_gen.trace import Trace
@@ -65,7 +67,7 @@ class State(train_state.TrainState):
     rng: jax.Array
 
 
-COMPILES = {"train": 0, "eval": 0}  # incremented at trace time: one per compilation
+COMPILES = {"train": 0, "eval": 0}  # traces of the steps, incremented at trace time
 
 
 def loss_terms(out: Outputs, b: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -175,20 +177,51 @@ def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: i
     return AstraMoE(model_cfg), tx
 
 
+@lru_cache(maxsize=8)
+def _init_fn(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: int, clip_norm: float,
+             weight_decay: float):
+    """The train state from a seed, jitted: run eagerly, initialisation compiles each of its
+    hundred small operations on its own, which costs seconds and memory on a CPU."""
+    model, tx = _model_and_tx(model_cfg, lr, warmup, total_steps, clip_norm, weight_decay)
+
+    def init(seed: jax.Array, sample: Batch) -> State:
+        rng = jax.random.PRNGKey(seed)
+        params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
+        return State.create(apply_fn=model.apply, params=params, tx=tx,
+                            rng=jax.random.PRNGKey(seed + 1))
+
+    return jax.jit(init)
+
+
+def _init_call(cfg: TrainConfig, sample: Batch, total_steps: int):
+    """The jitted initialiser and its arguments. Parameters depend on the feature widths only,
+    so it gets the smallest bucket: one program for every run of a model, whatever its data."""
+    dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
+    init = _init_fn(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
+                    cfg.weight_decay)
+    return init, np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
+
+
 def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
-    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
-                              cfg.weight_decay)
-    rng = jax.random.PRNGKey(cfg.seed)
-    params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
-    return State.create(apply_fn=model.apply, params=params, tx=tx,
-                        rng=jax.random.PRNGKey(cfg.seed + 1))
+    init, seed, empty = _init_call(cfg, sample, total_steps)
+    return init(seed, empty)
 
 
-def batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray
-            ) -> Iterator[tuple[Batch, list[int]]]:
-    for i in range(0, len(order), cfg.batch_size):
-        ix = order[i:i + cfg.batch_size].tolist()
-        yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size), ix
+def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
+    """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
+    init, seed, empty = _init_call(cfg, sample, 2)
+    return jax.eval_shape(init, seed, empty)
+
+
+def eval_batches(items: list[Featurised], labels: list, batch_size: int
+                 ) -> Iterator[tuple[Batch, list[int]]]:
+    """`items` in order, every batch padded to the bucket of the largest: evaluation runs the
+    same small set every epoch, forward only, so one compile is worth some padding."""
+    chunks = [list(range(i, min(i + batch_size, len(items))))
+              for i in range(0, len(items), batch_size)]
+    sizes = max((bucket_sizes([items[j] for j in ix]) for ix in chunks), default=None)
+    for ix in chunks:
+        yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], batch_size, sizes), ix
 
 
 def data_mesh() -> Mesh:
@@ -232,7 +265,7 @@ def evaluate(params, eval_step, items, labels, cfg: TrainConfig, mesh: Mesh | No
     conf, correct = [], []
     loss_sum = 0.0
     nb = 0
-    for b, ix in batches(items, labels, cfg, np.arange(len(items))):
+    for b, ix in eval_batches(items, labels, cfg.batch_size):
         metrics, pred, _ = eval_step(params, replicated(b, mesh) if mesh else b)
         loss_sum, nb = loss_sum + float(metrics["loss"]), nb + 1
         pred = jax.tree_util.tree_map(np.asarray, pred)
@@ -300,6 +333,8 @@ def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
 def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featurised],
           val_traces: list[Trace], val_feats: list[Featurised], out_dir: Path,
           progress: bool = True) -> dict[str, Any]:
+    track_compiles()
+    compiled_before = compile_stats()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     (out_dir / "data.json").write_text(json.dumps({  # what this model learnt from, by trace id
@@ -348,6 +383,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                **{f"train_{k}": v for k, v in train_m.items()},
                **{f"val_{k}": v for k, v in val_m.items()}, "compiles": dict(COMPILES),
+               **xla_record(compile_stats().since(compiled_before)),
                "devices": mesh.size, "shards": shards}
         log.write(json.dumps(rec) + "\n")
         log.flush()
@@ -363,6 +399,13 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     log.close()
     mngr.close()
     return {"state": state, "best": best}
+
+
+def xla_record(stats: CompileStats) -> dict[str, float]:
+    """What a run compiled so far, for `metrics.jsonl`: XLA programs compiled and loaded from
+    the persistent cache, and the seconds spent on both (tracing and lowering included)."""
+    return {"xla_compiled": stats.compiled, "xla_cache_hits": stats.cache_hits,
+            "compile_seconds": round(stats.seconds, 3)}
 
 
 def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
@@ -443,8 +486,7 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     step = mngr.best_step() if which == "best" else mngr.latest_step()
     if step is None:
         raise RunDirError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    target = init_state(cfg, sample, 2)
-    state = mngr.restore(step, args=ocp.args.StandardRestore(target))
+    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state(cfg, sample)))
     mngr.close()
     return state.params, step
 
