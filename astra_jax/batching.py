@@ -138,17 +138,24 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
                  tagent, lmask, failed, mode, mmask)
 
 
+def shard_bucket(items: list[Featurised], batch_size: int, shards: int) -> Sizes:
+    """The bucket that every one of the `shards` equal sub-batches of a global batch fits."""
+    per = batch_size // shards
+    return max(bucket_sizes(items[i:i + per]) for i in range(0, per * shards, per))
+
+
 def pack_shards(items: list[Featurised], labels: list[tuple[int, int, int, int]],
                 batch_size: int, shards: int, dims: tuple[int, int],
-                local: range | None = None) -> Batch:
-    """Split a global batch into `shards` equal sub-batches padded to one common bucket and stack
-    the ones in `local` (default: all) on a leading axis: the data-parallel layout. Every process
-    of a multi-host run computes the same bucket, so the global array has one shape."""
+                local: range | None = None, floor: Sizes = SMALLEST_BUCKET) -> Batch:
+    """Split a global batch into `shards` equal sub-batches padded to one common bucket (at least
+    `floor`) and stack the ones in `local` (default: all) on a leading axis: the data-parallel
+    layout. Every process of a multi-host run computes the same bucket, so the global array has
+    one shape."""
     if batch_size % shards:
         raise ValueError(f"batch size {batch_size} is not divisible by {shards} shards")
     per = batch_size // shards
     parts = [(items[i:i + per], labels[i:i + per]) for i in range(0, per * shards, per)]
-    sizes = tuple(max(s) for s in zip(*(bucket_sizes(p) for p, _ in parts)))
+    sizes = max(shard_bucket(items, batch_size, shards), floor)
     local = local if local is not None else range(shards)
     packed = [pack_batch(*parts[i], per, sizes, dims) for i in local]
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *packed)

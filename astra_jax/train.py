@@ -28,8 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from astra_jax import RunDirError
-from astra_jax.batching import (SMALLEST_BUCKET, Batch, bucket_sizes, feature_dims, labels_of,
-                                pack_batch, pack_shards)
+from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, feature_dims,
+                                labels_of, pack_batch, pack_shards, shard_bucket)
 from astra_jax.compilation import CompileStats, compile_stats, track_compiles
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
@@ -204,7 +204,9 @@ def _init_call(cfg: TrainConfig, sample: Batch, total_steps: int):
 
 def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
     init, seed, empty = _init_call(cfg, sample, total_steps)
-    return init(seed, empty)
+    state = init(seed, empty)
+    init.clear_cache()  # its compiled program holds ~100 MB on a CPU and is done with
+    return state
 
 
 def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
@@ -237,10 +239,25 @@ def resolve_shards(cfg: TrainConfig, mesh: Mesh) -> int:
     return shards
 
 
+def smallest_full_bucket(items: list[Featurised], traces: list[Trace], cfg: TrainConfig,
+                         shards: int) -> Sizes:
+    """The smallest bucket that a full batch of any epoch of this run needs. An epoch's last,
+    partial batch is padded up to it: a bucket of its own would cost a compile, and the memory
+    of one more compiled program, for one batch an epoch."""
+    full = []
+    for epoch in range(cfg.epochs):
+        order = epoch_order(traces, cfg, epoch)
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+            full.append(shard_bucket([items[j] for j in order[i:i + cfg.batch_size]],
+                                     cfg.batch_size, shards))
+    return min(full, default=SMALLEST_BUCKET)
+
+
 def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray,
-                    mesh: Mesh, shards: int) -> Iterator[Batch]:
-    """Global batches laid out over the mesh: each process packs only its own shards and
-    `make_array_from_process_local_data` assembles the global array (one process: all)."""
+                    mesh: Mesh, shards: int, floor: Sizes = SMALLEST_BUCKET) -> Iterator[Batch]:
+    """Global batches laid out over the mesh, padded to at least `floor`: each process packs
+    only its own shards and `make_array_from_process_local_data` assembles the global array (one
+    process: all)."""
     per_proc = shards // jax.process_count()
     local = range(jax.process_index() * per_proc, (jax.process_index() + 1) * per_proc)
     dims = feature_dims(items[0])
@@ -248,7 +265,7 @@ def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, ord
     for i in range(0, len(order), cfg.batch_size):
         ix = order[i:i + cfg.batch_size].tolist()
         b = pack_shards([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size, shards,
-                        dims, local)
+                        dims, local, floor)
         yield jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(spec, x), b)
 
 
@@ -345,6 +362,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     sample = pack_batch(train_feats[:cfg.batch_size], tr_labels[:cfg.batch_size], cfg.batch_size)
     mesh = data_mesh()
     shards = resolve_shards(cfg, mesh)
+    floor = smallest_full_bucket(train_feats, train_traces, cfg, shards)
     state = init_state(cfg, sample, steps_per_epoch * cfg.epochs)
     if cfg.init:
         state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
@@ -364,7 +382,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         order = epoch_order(train_traces, cfg, epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards),
+        bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards, floor),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, file=sys.stderr)
         for b in bar:
