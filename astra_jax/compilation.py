@@ -7,10 +7,13 @@ job compiles nothing. The cache is keyed by the program, its shapes, the JAX ver
 device, so a stale entry is never used; it is trusted code, so it lives in a per-user folder.
 
 `CompileStats` counts through `jax.monitoring` what actually reached XLA (a program compiled, or
-loaded from the cache) and the seconds spent tracing, lowering and compiling.
+loaded from the cache) and the seconds spent tracing, lowering and compiling. After each one, the
+memory the compiler freed is handed back to the operating system: glibc keeps it otherwise, and
+a few compiles would hold hundreds of MB that a CPU run never uses again.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +48,14 @@ class CompileStats:
 
 _STATS = CompileStats()
 _tracking = False
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
 
 def _on_duration(event: str, seconds: float, **_: str | int) -> None:
     if event == COMPILE_EVENT:
         _STATS.programs += 1
+        if _malloc_trim is not None:
+            _malloc_trim(0)
     if event in (TRACE_EVENT, LOWER_EVENT, COMPILE_EVENT):
         _STATS.seconds += seconds
 
@@ -60,7 +66,8 @@ def _on_event(event: str, **_: str | int) -> None:
 
 
 def track_compiles() -> None:
-    """Start counting compilations in this process (once; later calls do nothing)."""
+    """Start counting compilations in this process and trimming memory after each (once; later
+    calls do nothing)."""
     global _tracking
     if not _tracking:
         monitoring.register_event_duration_secs_listener(_on_duration)
@@ -86,3 +93,6 @@ def enable_compile_cache(cache_dir: Path | None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    # JAX would also keep XLA's GPU autotuning results in the folder, and that puts the folder's
+    # path into every cache key: a cache moved or copied elsewhere would never hit
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")

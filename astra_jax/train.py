@@ -385,17 +385,20 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards, floor),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, file=sys.stderr)
-        for b in bar:
+        steps = []
+        for b in bar:  # packing the next batch overlaps this step: nothing waits for it here
             state, m = train_step(state, b)
-            loss = float(m["loss"])
-            if not math.isfinite(loss):
+            steps.append(m)
+            if len(steps) > 1:  # the previous step is done before this one starts
+                bar.set_postfix(loss=f"{float(steps[-2]['loss']):.3f}")
+        for m in jax.device_get(steps):
+            if not math.isfinite(m["loss"]):
                 log.close()
                 raise FloatingPointError(
-                    f"loss became {loss} in epoch {epoch + 1}; the last good checkpoint is "
-                    f"epoch {mngr.latest_step()} under {out_dir / 'checkpoints'}")
+                    f"loss became {m['loss']} in epoch {epoch + 1}; the last good checkpoint "
+                    f"is epoch {mngr.latest_step()} under {out_dir / 'checkpoints'}")
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss:.3f}")
         train_m = {k: v / steps_per_epoch for k, v in sums.items()}
         val_m = evaluate(state.params, eval_step, val_feats, va_labels, cfg, mesh)
         rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
