@@ -23,4 +23,5 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/gen_speed.py
 	$(BIN)/python bench/coarse_speed.py
+	$(BIN)/python bench/whole_job.py
 	$(BIN)/python bench/prompt_tokens.py
