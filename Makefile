@@ -29,5 +29,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/gen_speed.py
 	$(BIN)/python bench/coarse_speed.py
 	$(BIN)/python bench/featurise_speed.py
+	$(BIN)/python bench/whole_job.py
 	$(BIN)/python bench/evidence_ablation.py
 	$(BIN)/python bench/prompt_tokens.py

@@ -40,7 +40,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="any TrainConfig field, e.g. shards=8, warmup_steps=10, model.heads=8")
     t.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() (see docs/coarse_stage.md)")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, compiles=True)
 
     p = sub.add_parser("predict", help="write top-K candidates JSONL (astra.candidates/v1)")
     p.add_argument("data", nargs="+", type=Path)
@@ -48,14 +48,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "from `astra export` (default: the model shipped with the package)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, compiles=True)
 
     a = sub.add_parser("attribute", help="who failed, when, how sure, for one trace")
     a.add_argument("trace", type=Path, help="a trace file in any supported format")
     a.add_argument("--run", type=Path, help="a run directory or model file (default: the "
                    "shipped model)")
     a.add_argument("--top-k", type=int, default=3)
-    a.set_defaults(func=cmd_attribute)
+    a.set_defaults(func=cmd_attribute, compiles=True)
 
     x = sub.add_parser("export", help="write a trained run or ensemble as one model file "
                        "(msgpack parameters + JSON header) for inference")
@@ -71,6 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from astra_jax.compilation import compile_stats
     from astra_jax.features import evidence_mask, featurise, make_embedder
     from astra_jax.model import ModelConfig
     from astra_jax.train import TrainConfig, override, train_ensemble
@@ -103,6 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             for i, r in enumerate(results)]
     print(format_table(("seed", "best epoch", "val agent acc", "val step acc", "val top-3 agent",
                         "val ECE"), rows))
+    c = compile_stats()
+    print(f"compiled {c.compiled} XLA programs and loaded {c.cache_hits} from the compile cache "
+          f"in {c.seconds:.1f}s")
     return 0
 
 

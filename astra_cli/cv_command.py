@@ -39,7 +39,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--top-k", type=int, default=3)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field, as for astra train")
-    c.set_defaults(func=cmd_cv)
+    c.set_defaults(func=cmd_cv, compiles=True)
 
 
 def cmd_cv(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tiny-lora-steps", type=int, default=100)
     d.add_argument("--threshold", type=float, default=0.5,
                    help="confidence below which a verdict is reported as unsure")
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_demo, compiles=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--adapter", help="LoRA adapter directory from `astra-llm finetune`")
     g.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     g.add_argument("--llm-model", help="model name to send to the endpoint")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, compiles=True)
 
     e = sub.add_parser("eval", help="strict scores of verdicts (or candidates) against labels")
     e.add_argument("traces", nargs="+", type=Path, help="labelled traces")

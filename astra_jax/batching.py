@@ -1,8 +1,10 @@
 """Packing featurised traces into one padded `jraph.GraphsTuple` per batch.
 
-Every batch has `batch_size + 1` graphs (the last one absorbs padding) and node, edge and agent
-counts rounded up to the next size bucket (powers of two from a floor), so a training run
-compiles once per bucket it meets: a handful of times, not once per batch.
+Every batch has `batch_size + 1` graphs (the last one absorbs padding) and is padded to a size
+bucket: one ladder of (nodes, edges, agents) = (512, 2048, 128) * 2**level, the smallest level
+that holds the batch. Nodes, edges and agents grow together in a log, so one ladder wastes
+little padding, and a training run compiles once per level it meets (two or three), not once
+per combination of separately rounded counts.
 """
 from __future__ import annotations
 
@@ -34,13 +36,6 @@ class Batch(NamedTuple):
     mode_mask: np.ndarray  # [G]
 
 
-def bucket(n: int, floor: int) -> int:
-    size = floor
-    while size < n:
-        size *= 2
-    return size
-
-
 def labels_of(trace: Trace) -> tuple[int, int, int, int]:
     """(step, agent index, failed, mode index); -1 where unknown. Healed runs did not fail."""
     failed = int(trace.failed)
@@ -66,7 +61,7 @@ def training_use(trace: Trace) -> tuple[str, str | None]:
 
 
 Sizes = tuple[int, int, int]  # padded (nodes, edges, agents)
-NODE_FLOOR, EDGE_FLOOR, AGENT_FLOOR = 512, 2048, 64
+SMALLEST_BUCKET: Sizes = (512, 2048, 128)
 
 
 def exact_sizes(items: list[Featurised]) -> Sizes:
@@ -79,7 +74,11 @@ def exact_sizes(items: list[Featurised]) -> Sizes:
 def bucket_sizes(items: list[Featurised]) -> Sizes:
     """The smallest bucket (nodes, edges, agents) that holds `items` plus one padding slot."""
     n, e, a = exact_sizes(items)
-    return bucket(n, NODE_FLOOR), bucket(e, EDGE_FLOOR), bucket(a, AGENT_FLOOR)
+    n0, e0, a0 = SMALLEST_BUCKET
+    scale = 1
+    while n > n0 * scale or e > e0 * scale or a > a0 * scale:
+        scale *= 2
+    return n0 * scale, e0 * scale, a0 * scale
 
 
 def feature_dims(f: Featurised) -> tuple[int, int]:
@@ -139,17 +138,24 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
                  tagent, lmask, failed, mode, mmask)
 
 
+def shard_bucket(items: list[Featurised], batch_size: int, shards: int) -> Sizes:
+    """The bucket that every one of the `shards` equal sub-batches of a global batch fits."""
+    per = batch_size // shards
+    return max(bucket_sizes(items[i:i + per]) for i in range(0, per * shards, per))
+
+
 def pack_shards(items: list[Featurised], labels: list[tuple[int, int, int, int]],
                 batch_size: int, shards: int, dims: tuple[int, int],
-                local: range | None = None) -> Batch:
-    """Split a global batch into `shards` equal sub-batches padded to one common bucket and stack
-    the ones in `local` (default: all) on a leading axis: the data-parallel layout. Every process
-    of a multi-host run computes the same bucket, so the global array has one shape."""
+                local: range | None = None, floor: Sizes = SMALLEST_BUCKET) -> Batch:
+    """Split a global batch into `shards` equal sub-batches padded to one common bucket (at least
+    `floor`) and stack the ones in `local` (default: all) on a leading axis: the data-parallel
+    layout. Every process of a multi-host run computes the same bucket, so the global array has
+    one shape."""
     if batch_size % shards:
         raise ValueError(f"batch size {batch_size} is not divisible by {shards} shards")
     per = batch_size // shards
     parts = [(items[i:i + per], labels[i:i + per]) for i in range(0, per * shards, per)]
-    sizes = tuple(max(s) for s in zip(*(bucket_sizes(p) for p, _ in parts)))
+    sizes = max(shard_bucket(items, batch_size, shards), floor)
     local = local if local is not None else range(shards)
     packed = [pack_batch(*parts[i], per, sizes, dims) for i in local]
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *packed)

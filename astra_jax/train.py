@@ -28,7 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from astra_jax import RunDirError
-from astra_jax.batching import Batch, feature_dims, labels_of, pack_batch, pack_shards
+from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, feature_dims,
+                                labels_of, pack_batch, pack_shards, shard_bucket)
+from astra_jax.compilation import CompileStats, compile_stats, track_compiles
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
 from data_gen.trace import Trace
@@ -65,7 +67,7 @@ class State(train_state.TrainState):
     rng: jax.Array
 
 
-COMPILES = {"train": 0, "eval": 0}  # incremented at trace time: one per compilation
+COMPILES = {"train": 0, "eval": 0}  # traces of the steps, incremented at trace time
 
 
 def loss_terms(out: Outputs, b: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -175,20 +177,53 @@ def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: i
     return AstraMoE(model_cfg), tx
 
 
+@lru_cache(maxsize=8)
+def _init_fn(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: int, clip_norm: float,
+             weight_decay: float):
+    """The train state from a seed, jitted: run eagerly, initialisation compiles each of its
+    hundred small operations on its own, which costs seconds and memory on a CPU."""
+    model, tx = _model_and_tx(model_cfg, lr, warmup, total_steps, clip_norm, weight_decay)
+
+    def init(seed: jax.Array, sample: Batch) -> State:
+        rng = jax.random.PRNGKey(seed)
+        params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
+        return State.create(apply_fn=model.apply, params=params, tx=tx,
+                            rng=jax.random.PRNGKey(seed + 1))
+
+    return jax.jit(init)
+
+
+def _init_call(cfg: TrainConfig, sample: Batch, total_steps: int):
+    """The jitted initialiser and its arguments. Parameters depend on the feature widths only,
+    so it gets the smallest bucket: one program for every run of a model, whatever its data."""
+    dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
+    init = _init_fn(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
+                    cfg.weight_decay)
+    return init, np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
+
+
 def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
-    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
-                              cfg.weight_decay)
-    rng = jax.random.PRNGKey(cfg.seed)
-    params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
-    return State.create(apply_fn=model.apply, params=params, tx=tx,
-                        rng=jax.random.PRNGKey(cfg.seed + 1))
+    init, seed, empty = _init_call(cfg, sample, total_steps)
+    state = init(seed, empty)
+    init.clear_cache()  # its compiled program holds ~100 MB on a CPU and is done with
+    return state
 
 
-def batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray
-            ) -> Iterator[tuple[Batch, list[int]]]:
-    for i in range(0, len(order), cfg.batch_size):
-        ix = order[i:i + cfg.batch_size].tolist()
-        yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size), ix
+def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
+    """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
+    init, seed, empty = _init_call(cfg, sample, 2)
+    return jax.eval_shape(init, seed, empty)
+
+
+def eval_batches(items: list[Featurised], labels: list, batch_size: int
+                 ) -> Iterator[tuple[Batch, list[int]]]:
+    """`items` in order, every batch padded to the bucket of the largest: evaluation runs the
+    same small set every epoch, forward only, so one compile is worth some padding."""
+    chunks = [list(range(i, min(i + batch_size, len(items))))
+              for i in range(0, len(items), batch_size)]
+    sizes = max((bucket_sizes([items[j] for j in ix]) for ix in chunks), default=None)
+    for ix in chunks:
+        yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], batch_size, sizes), ix
 
 
 def data_mesh() -> Mesh:
@@ -204,10 +239,25 @@ def resolve_shards(cfg: TrainConfig, mesh: Mesh) -> int:
     return shards
 
 
+def smallest_full_bucket(items: list[Featurised], traces: list[Trace], cfg: TrainConfig,
+                         shards: int) -> Sizes:
+    """The smallest bucket that a full batch of any epoch of this run needs. An epoch's last,
+    partial batch is padded up to it: a bucket of its own would cost a compile, and the memory
+    of one more compiled program, for one batch an epoch."""
+    full = []
+    for epoch in range(cfg.epochs):
+        order = epoch_order(traces, cfg, epoch)
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+            full.append(shard_bucket([items[j] for j in order[i:i + cfg.batch_size]],
+                                     cfg.batch_size, shards))
+    return min(full, default=SMALLEST_BUCKET)
+
+
 def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray,
-                    mesh: Mesh, shards: int) -> Iterator[Batch]:
-    """Global batches laid out over the mesh: each process packs only its own shards and
-    `make_array_from_process_local_data` assembles the global array (one process: all)."""
+                    mesh: Mesh, shards: int, floor: Sizes = SMALLEST_BUCKET) -> Iterator[Batch]:
+    """Global batches laid out over the mesh, padded to at least `floor`: each process packs
+    only its own shards and `make_array_from_process_local_data` assembles the global array (one
+    process: all)."""
     per_proc = shards // jax.process_count()
     local = range(jax.process_index() * per_proc, (jax.process_index() + 1) * per_proc)
     dims = feature_dims(items[0])
@@ -215,7 +265,7 @@ def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, ord
     for i in range(0, len(order), cfg.batch_size):
         ix = order[i:i + cfg.batch_size].tolist()
         b = pack_shards([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size, shards,
-                        dims, local)
+                        dims, local, floor)
         yield jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(spec, x), b)
 
 
@@ -232,7 +282,7 @@ def evaluate(params, eval_step, items, labels, cfg: TrainConfig, mesh: Mesh | No
     conf, correct = [], []
     loss_sum = 0.0
     nb = 0
-    for b, ix in batches(items, labels, cfg, np.arange(len(items))):
+    for b, ix in eval_batches(items, labels, cfg.batch_size):
         metrics, pred, _ = eval_step(params, replicated(b, mesh) if mesh else b)
         loss_sum, nb = loss_sum + float(metrics["loss"]), nb + 1
         pred = jax.tree_util.tree_map(np.asarray, pred)
@@ -300,6 +350,8 @@ def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
 def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featurised],
           val_traces: list[Trace], val_feats: list[Featurised], out_dir: Path,
           progress: bool = True) -> dict[str, Any]:
+    track_compiles()
+    compiled_before = compile_stats()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     (out_dir / "data.json").write_text(json.dumps({  # what this model learnt from, by trace id
@@ -310,6 +362,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     sample = pack_batch(train_feats[:cfg.batch_size], tr_labels[:cfg.batch_size], cfg.batch_size)
     mesh = data_mesh()
     shards = resolve_shards(cfg, mesh)
+    floor = smallest_full_bucket(train_feats, train_traces, cfg, shards)
     state = init_state(cfg, sample, steps_per_epoch * cfg.epochs)
     if cfg.init:
         state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
@@ -329,25 +382,29 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         order = epoch_order(train_traces, cfg, epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards),
+        bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards, floor),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, file=sys.stderr)
-        for b in bar:
+        steps = []
+        for b in bar:  # packing the next batch overlaps this step: nothing waits for it here
             state, m = train_step(state, b)
-            loss = float(m["loss"])
-            if not math.isfinite(loss):
+            steps.append(m)
+            if len(steps) > 1:  # the previous step is done before this one starts
+                bar.set_postfix(loss=f"{float(steps[-2]['loss']):.3f}")
+        for m in jax.device_get(steps):
+            if not math.isfinite(m["loss"]):
                 log.close()
                 raise FloatingPointError(
-                    f"loss became {loss} in epoch {epoch + 1}; the last good checkpoint is "
-                    f"epoch {mngr.latest_step()} under {out_dir / 'checkpoints'}")
+                    f"loss became {m['loss']} in epoch {epoch + 1}; the last good checkpoint "
+                    f"is epoch {mngr.latest_step()} under {out_dir / 'checkpoints'}")
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss:.3f}")
         train_m = {k: v / steps_per_epoch for k, v in sums.items()}
         val_m = evaluate(state.params, eval_step, val_feats, va_labels, cfg, mesh)
         rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                **{f"train_{k}": v for k, v in train_m.items()},
                **{f"val_{k}": v for k, v in val_m.items()}, "compiles": dict(COMPILES),
+               **xla_record(compile_stats().since(compiled_before)),
                "devices": mesh.size, "shards": shards}
         log.write(json.dumps(rec) + "\n")
         log.flush()
@@ -363,6 +420,13 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     log.close()
     mngr.close()
     return {"state": state, "best": best}
+
+
+def xla_record(stats: CompileStats) -> dict[str, float]:
+    """What a run compiled so far, for `metrics.jsonl`: XLA programs compiled and loaded from
+    the persistent cache, and the seconds spent on both (tracing and lowering included)."""
+    return {"xla_compiled": stats.compiled, "xla_cache_hits": stats.cache_hits,
+            "compile_seconds": round(stats.seconds, 3)}
 
 
 def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
@@ -443,8 +507,7 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     step = mngr.best_step() if which == "best" else mngr.latest_step()
     if step is None:
         raise RunDirError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    target = init_state(cfg, sample, 2)
-    state = mngr.restore(step, args=ocp.args.StandardRestore(target))
+    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state(cfg, sample)))
     mngr.close()
     return state.params, step
 

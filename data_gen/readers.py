@@ -246,6 +246,7 @@ def to_whowhen(trace: Trace, style: str | None = None) -> dict[str, Any]:
     """The Who&When record of a trace. `style` is `algorithm` (items with `name`) or
     `handcrafted` (items with a `role` string only); by default the style it was read in."""
     fmt = trace.source.get("format")
+    ours = fmt in (None, "native", "astra-gen")  # not read from an external record: no extras
     style = style or ("handcrafted" if fmt == "whowhen-handcrafted" else "algorithm")
     history = []
     for s in trace.steps:
@@ -254,16 +255,16 @@ def to_whowhen(trace: Trace, style: str | None = None) -> dict[str, Any]:
             item["role"] = s.role if fmt == "whowhen-handcrafted" and s.role else _role_of(s)
         else:
             item["name"] = s.agent
-            if s.role is not None or fmt in (None, "native"):
+            if s.role is not None or ours:
                 item["role"] = s.role or "assistant"
         item.update(s.extra)
         history.append(item)
-    out: dict[str, Any] = dict(trace.extra) if fmt and fmt != "native" else {
+    out: dict[str, Any] = dict(trace.extra) if not ours else {
         "is_correct": trace.outcome.success if trace.outcome.success is not None else False,
         "question_ID": trace.trace_id}
     out["question"] = trace.task.question
     gt_key = trace.source.get("ground_truth_key")
-    if gt_key is None and fmt in (None, "native") and trace.task.ground_truth is not None:
+    if gt_key is None and ours and trace.task.ground_truth is not None:
         gt_key = "ground_truth"
     if gt_key:
         gt_raw = trace.source.get("ground_truth_raw")
@@ -275,7 +276,7 @@ def to_whowhen(trace: Trace, style: str | None = None) -> dict[str, Any]:
         out["mistake_step"] = trace.label.step if step_type == "int" else str(trace.label.step)
         if trace.label.reason is not None:
             out["mistake_reason"] = trace.label.reason
-    if trace.source.get("system_prompt", fmt == "native" or fmt is None):
+    if trace.source.get("system_prompt", ours):
         prompts = {a.name: a.prompt for a in trace.system.agents if a.prompt is not None}
         if prompts or trace.source.get("system_prompt"):
             out["system_prompt"] = prompts

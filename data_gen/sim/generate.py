@@ -186,11 +186,13 @@ def task_seeds(cfg: GenConfig) -> list[int]:
 def generate(cfg: GenConfig, encode: Callable[[Trace], str] | None = None
              ) -> Iterator[TaskResult]:
     """Results in task order; uses a process pool when more than one worker is asked for.
-    With `encode` (a module-level function), results carry encoded strings instead of traces."""
+    With `encode` (a module-level function), results carry encoded strings instead of traces.
+    Workers are spawned, never forked: the caller may have started JAX, whose threads a fork
+    would copy in the middle of their work (JAX warns that this can deadlock)."""
     jobs = [(s, cfg, encode) for s in task_seeds(cfg)]
     workers = cfg.workers or mp.cpu_count()
     if workers <= 1 or len(jobs) < 64:
         yield from map(_work, jobs)
         return
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap(_work, jobs, chunksize=32)

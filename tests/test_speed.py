@@ -1,0 +1,72 @@
+"""Start-up and compilation: the persistent compile cache, commands that must not import JAX,
+and process-parallel generation from a process that runs JAX."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from astra_cli.main import compile_cache_dir
+from data_gen.readers import load_traces, write_traces
+from data_gen.sim.generate import GenConfig, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def astra(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "astra_cli.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_compile_cache_folder_from_the_environment(tmp_path):
+    assert compile_cache_dir({"ASTRA_COMPILE_CACHE": str(tmp_path)}) == tmp_path
+    assert compile_cache_dir({"ASTRA_COMPILE_CACHE": "off"}) is None
+    assert compile_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/astra-jax/xla")
+    assert compile_cache_dir({}) == Path.home() / ".cache" / "astra-jax" / "xla"
+
+
+def test_a_second_run_of_the_same_shapes_compiles_nothing(tmp_path):
+    traces = [t for r in generate(GenConfig(n_tasks=6, seed=3, max_tools=3, workers=1))
+              for t in r.traces]
+    write_traces(traces, tmp_path / "tr.jsonl")
+    env = dict(os.environ, ASTRA_COMPILE_CACHE=str(tmp_path / "xla"))
+    logs = []
+    for run in ("first", "second"):
+        p = astra(["train", str(tmp_path / "tr.jsonl"), "--out", str(tmp_path / run),
+                   "--epochs", "1", "--batch-size", "4", "--d-model", "16",
+                   "--set", "model.spatial_layers=1", "--set", "model.temporal_layers=1"], env)
+        assert p.returncode == 0, p.stderr
+        logs.append(json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]))
+    assert logs[0]["xla_compiled"] >= 2 and logs[0]["xla_cache_hits"] == 0
+    assert logs[1]["xla_compiled"] == 0 and logs[1]["xla_cache_hits"] == logs[0]["xla_compiled"]
+    assert logs[1]["train_loss"] == logs[0]["train_loss"]
+    assert "compiled 0 XLA programs and loaded" in p.stdout
+    off = astra(["train", str(tmp_path / "tr.jsonl"), "--out", str(tmp_path / "off"),
+                 "--epochs", "1", "--batch-size", "4", "--d-model", "16",
+                 "--set", "model.spatial_layers=1", "--set", "model.temporal_layers=1"],
+                dict(env, ASTRA_COMPILE_CACHE="off"))
+    assert "loaded 0 from the compile cache" in off.stdout
+
+
+def test_trace_commands_do_not_import_jax():
+    code = ("import sys; from astra_cli.main import main; "
+            "rc = main(['traces', 'stats', 'data/who_and_when/Algorithm-Generated/1.json']); "
+            "assert rc == 0 and 'jax' not in sys.modules, sorted(sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+
+
+def test_gen_with_workers_from_a_process_running_jax(tmp_path):
+    out = tmp_path / "sim.jsonl"
+    code = ("import jax.numpy as jnp; jnp.ones(3).sum().block_until_ready(); "
+            "from astra_cli.main import main; "
+            f"raise SystemExit(main(['gen', '--tasks', '64', '--max-tools', '3', '--seed', '5', "
+            f"'--workers', '2', '--out', {str(out)!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "os.fork()" not in p.stderr  # JAX warns when a process running it forks
+    serial = [t.trace_id for r in generate(GenConfig(n_tasks=64, seed=5, max_tools=3, workers=1))
+              for t in r.traces]
+    assert [t.trace_id for t in load_traces(out).traces] == serial
