@@ -72,21 +72,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from astra_jax.compilation import compile_stats
-    from astra_jax.features import evidence_mask, featurise, make_embedder
+    from astra_jax.features import featurise, make_embedder
     from astra_jax.model import ModelConfig
-    from astra_jax.train import TrainConfig, override, train_ensemble
+    from astra_jax.train import train_ensemble
 
     if args.distributed:
         import jax
         jax.distributed.initialize()
-    cfg = TrainConfig(model=ModelConfig(d_model=args.d_model), epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      embedder=args.embedder, real_weight=args.real_weight,
-                      drop_evidence=args.drop_evidence,
-                      init=str(args.init.resolve()) if args.init else "")
     try:
-        cfg = override(cfg, args.set)
-        evidence_mask(cfg.dropped)
+        cfg = train_config(args, model=ModelConfig(d_model=args.d_model),
+                           batch_size=args.batch_size, lr=args.lr)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -108,6 +103,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"compiled {c.compiled} XLA programs and loaded {c.cache_hits} from the compile cache "
           f"in {c.seconds:.1f}s")
     return 0
+
+
+def train_config(args: argparse.Namespace, **fields):
+    """The TrainConfig of the flags `astra train` and `astra cv` share, plus `fields` and any
+    `--set KEY=VALUE`; a ValueError names a bad setting or evidence group."""
+    from astra_jax.features import evidence_mask
+    from astra_jax.train import TrainConfig, override
+
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, embedder=args.embedder,
+                      real_weight=args.real_weight, drop_evidence=args.drop_evidence,
+                      init=str(args.init.resolve()) if args.init else "", **fields)
+    cfg = override(cfg, args.set)
+    evidence_mask(cfg.dropped)
+    return cfg
 
 
 def usable_for_training(traces, name: str, real_weight: float | None = None) -> list:

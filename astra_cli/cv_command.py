@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from astra_cli.coarse_commands import predict_traces, usable_for_training
+from astra_cli.coarse_commands import predict_traces, train_config, usable_for_training
 from astra_cli.data_commands import positive_int
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, write_stage_file
@@ -43,15 +43,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from astra_jax.features import evidence_mask
-    from astra_jax.train import TrainConfig, override
-
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, real_weight=args.real_weight,
-                      embedder=args.embedder, drop_evidence=args.drop_evidence,
-                      init=str(args.init.resolve()) if args.init else "")
     try:
-        cfg = override(cfg, args.set)
-        evidence_mask(cfg.dropped)
+        cfg = train_config(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
