@@ -122,8 +122,8 @@ def train_config(args: argparse.Namespace, **fields):
 def usable_for_training(traces, name: str, real_weight: float | None = None) -> list:
     """Print what training learns from each kind of trace (simulated or real), list every trace
     of little or no use with its reason on stderr, and keep all but the unusable ones."""
-    from astra_jax.batching import training_use
-    from astra_jax.train import is_real, real_repeats
+    from astra_jax.batching import is_real, training_use
+    from astra_jax.train import real_repeats
 
     counts: dict[tuple[str, str], int] = {}
     kept = []
@@ -152,7 +152,7 @@ def load_coarse(model: Path | None):
     from astra_jax.batching import labels_of, pack_batch
     from astra_jax.export import DEFAULT_MODEL, load_model
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import config_from_dir, load_params, member_dirs
+    from astra_jax.train import config_from_dir, load_params, member_dirs, same_parameters
     from data_gen.trace import Step, Task, Trace
 
     if model is None:
@@ -172,7 +172,7 @@ def load_coarse(model: Path | None):
     cfgs = [config_from_dir(d) for d in dirs]
     cfg = cfgs[0]
     for d, c in zip(dirs[1:], cfgs[1:]):
-        if (c.model, c.embedder, c.dropped) != (cfg.model, cfg.embedder, cfg.dropped):
+        if not same_parameters(c, cfg):
             raise RunDirError(f"{d}: its model, embedder or evidence differ from {dirs[0]}'s; "
                               f"the members of an ensemble must share them")
     shape_only = Trace("sample", Task(""), (Step(0, "agent", "text"),))  # restore needs a batch

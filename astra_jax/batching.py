@@ -34,17 +34,27 @@ class Batch(NamedTuple):
     failed: np.ndarray  # [G] 1 for failed runs
     mode: np.ndarray  # [G] fault mode index (0 where unknown)
     mode_mask: np.ndarray  # [G]
+    real: np.ndarray  # [G] 1 for real logs (path dropout acts on them alone)
 
 
-def labels_of(trace: Trace) -> tuple[int, int, int, int]:
-    """(step, agent index, failed, mode index); -1 where unknown. Healed runs did not fail."""
-    failed = int(trace.failed)
+Labels = tuple[int, int, int, int, int]
+
+
+def is_real(trace: Trace) -> bool:
+    """A real log: anything but an ASTRA-Gen trace, which always carries its variant."""
+    return trace.variant is None
+
+
+def labels_of(trace: Trace) -> Labels:
+    """(step, agent index, failed, mode index, real); -1 where unknown. Healed runs did not
+    fail."""
+    failed, real = int(trace.failed), int(is_real(trace))
     if trace.label is None or not failed:
-        return -1, -1, failed, -1
+        return -1, -1, failed, -1, real
     agents = trace.agents
     mode = FAULT_MODES.index(trace.label.mode) if trace.label.mode in FAULT_MODES else -1
     agent = agents.index(trace.label.agent) if trace.label.agent in agents else -1
-    return trace.label.step, agent, failed, mode
+    return trace.label.step, agent, failed, mode, real
 
 
 def training_use(trace: Trace) -> tuple[str, str | None]:
@@ -86,7 +96,7 @@ def feature_dims(f: Featurised) -> tuple[int, int]:
     return f.step_text.shape[1], f.meta.shape[1]
 
 
-def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
+def pack_batch(items: list[Featurised], labels: list[Labels],
                batch_size: int, sizes: Sizes | None = None,
                dims: tuple[int, int] | None = None) -> Batch:
     """Pack up to `batch_size` traces; `sizes` forces a bucket and `dims` (text, meta widths)
@@ -108,8 +118,9 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
     tnode, tagent = np.zeros(G, np.int32), np.zeros(G, np.int32)
     lmask, failed = np.zeros(G, np.float32), np.zeros(G, np.float32)
     mode, mmask = np.zeros(G, np.int32), np.zeros(G, np.float32)
+    real = np.zeros(G, np.float32)
     no = eo = ao = 0
-    for gi, (f, (step, agent, fail, md)) in enumerate(zip(items, labels)):
+    for gi, (f, (step, agent, fail, md, rl)) in enumerate(zip(items, labels)):
         g = f.graph
         n, e, a = len(g.node_type), len(g.senders), len(g.agents)
         text[no:no + n] = f.step_text[g.node_step]
@@ -123,7 +134,7 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
         agraph[ao:ao + a], amask[ao:ao + a] = gi, 1.0 - g.agent_is_env
         if agent >= 0:
             amask[ao + agent] = 1.0
-        n_node[gi], n_edge[gi], gmask[gi], failed[gi] = n, e, 1.0, fail
+        n_node[gi], n_edge[gi], gmask[gi], failed[gi], real[gi] = n, e, 1.0, fail, rl
         if step >= 0 and agent >= 0:
             tnode[gi], tagent[gi], lmask[gi] = no + g.step_node[step], ao + agent, 1.0
             step_mask[no + g.step_node[step]] = 1.0
@@ -135,7 +146,7 @@ def pack_batch(items: list[Featurised], labels: list[tuple[int, int, int, int]],
                               senders=senders, receivers=receivers, n_node=n_node, n_edge=n_edge,
                               globals=None)
     return Batch(graph, nstep, ngraph, step_mask, nagent, agraph, amask, emask, gmask, tnode,
-                 tagent, lmask, failed, mode, mmask)
+                 tagent, lmask, failed, mode, mmask, real)
 
 
 def shard_bucket(items: list[Featurised], batch_size: int, shards: int) -> Sizes:
@@ -144,7 +155,7 @@ def shard_bucket(items: list[Featurised], batch_size: int, shards: int) -> Sizes
     return max(bucket_sizes(items[i:i + per]) for i in range(0, per * shards, per))
 
 
-def pack_shards(items: list[Featurised], labels: list[tuple[int, int, int, int]],
+def pack_shards(items: list[Featurised], labels: list[Labels],
                 batch_size: int, shards: int, dims: tuple[int, int],
                 local: range | None = None, floor: Sizes = SMALLEST_BUCKET) -> Batch:
     """Split a global batch into `shards` equal sub-batches padded to one common bucket (at least

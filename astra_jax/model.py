@@ -5,6 +5,7 @@ Shapes: N nodes, E edges, G graphs, A agents, D = d_model, H heads. Message pass
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,6 +29,18 @@ class ModelConfig:
     experts: int = 4
     router_noise: float = 1.0
     dropout: float = 0.1
+    # in training, the share of real logs whose step and agent scores come from the linear
+    # evidence path alone: it must then rank their steps by itself, and the graph layers learn
+    # a correction to it instead of memorising a few hundred labelled logs. Simulated traces,
+    # plentiful, always train the graph layers (docs/coarse_stage.md, "Path dropout").
+    path_dropout: float = 0.8
+
+
+def architecture(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` less what acts only in training (dropout, path dropout, router noise): two models
+    of the same architecture share parameter shapes and evaluate alike, so one can fine-tune or
+    join an ensemble with the other whatever their training regularisation."""
+    return dataclasses.replace(cfg, dropout=0.0, path_dropout=0.0, router_noise=0.0)
 
 
 class Outputs(NamedTuple):
@@ -151,14 +164,20 @@ class AstraMoE(nn.Module):
                                                                          deterministic)
         # a linear path from the step's own metadata and evidence: what a few hundred labelled
         # logs can support, without having to pass through the graph layers
-        step_logit = nn.Dense(1)(h)[:, 0] + nn.Dense(1)(g.nodes["meta"])[:, 0]
+        keep = jnp.ones(n_graphs)
+        if not deterministic and c.path_dropout > 0:
+            drop = jax.random.bernoulli(self.make_rng("dropout"), c.path_dropout, (n_graphs,))
+            keep = 1.0 - b.real * drop
+        step_logit = (nn.Dense(1)(h)[:, 0] * keep[b.node_graph]
+                      + nn.Dense(1)(g.nodes["meta"])[:, 0])
         step_logit = jnp.where(b.step_mask > 0, step_logit, -1e9)
         evidence = jax.nn.softplus(step_logit) * b.step_mask
         # an agent's score: the soft maximum of its step scores plus a pooled term
         agent_lse = jax.ops.segment_max(step_logit, b.node_agent, n_agents)
         pooled = jax.ops.segment_sum(h * b.step_mask[:, None], b.node_agent, n_agents)
         count = jax.ops.segment_sum(b.step_mask, b.node_agent, n_agents)[:, None]
-        agent_logit = agent_lse + nn.Dense(1)(pooled / jnp.maximum(count, 1.0))[:, 0]
+        agent_logit = agent_lse + (nn.Dense(1)(pooled / jnp.maximum(count, 1.0))[:, 0]
+                                   * keep[b.agent_graph])
         agent_logit = jnp.where(b.agent_mask > 0, agent_logit, -1e9)
         gsum = jax.ops.segment_sum(h * node_mask[:, None], b.node_graph, n_graphs)
         gcount = jax.ops.segment_sum(node_mask, b.node_graph, n_graphs)[:, None]

@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from astra_jax import RunDirError
 from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, feature_dims,
-                                labels_of, pack_batch, pack_shards, shard_bucket)
+                                is_real, labels_of, pack_batch, pack_shards, shard_bucket)
 from astra_jax.compilation import CompileStats, compile_stats, track_compiles
 from astra_jax.features import Featurised
-from astra_jax.model import AstraMoE, ModelConfig, Outputs, segment_log_softmax
+from astra_jax.model import (AstraMoE, ModelConfig, Outputs, architecture,
+                             segment_log_softmax)
 from data_gen.trace import Trace
 
 
@@ -315,11 +316,6 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return float(ece)
 
 
-def is_real(trace: Trace) -> bool:
-    """A real log: anything but an ASTRA-Gen trace, which always carries its variant."""
-    return trace.variant is None
-
-
 def real_repeats(traces: list[Trace], real_weight: float) -> int:
     """How many times each real log appears in an epoch so that real logs make up about
     `real_weight` of the epoch's traces (each at least once; 1 when only one kind is given)."""
@@ -414,12 +410,19 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         if is_better(rec, best):
             best = rec
         if progress and lead:
-            print(f"epoch {epoch + 1}: loss {train_m['loss']:.3f}  val agent "
-                  f"{val_m['agent_acc']:.3f}  step {val_m['step_acc']:.3f}  top3 "
-                  f"{val_m['agent_top3']:.3f}  ece {val_m['ece']:.3f}", file=sys.stderr)
+            print(epoch_line(epoch + 1, train_m, val_m if val_feats else None), file=sys.stderr)
     log.close()
     mngr.close()
     return {"state": state, "best": best}
+
+
+def epoch_line(epoch: int, train_m: dict[str, float], val_m: dict[str, float] | None) -> str:
+    """An epoch's progress line; a run without validation data shows no validation scores."""
+    line = f"epoch {epoch}: loss {train_m['loss']:.3f}"
+    if val_m is None:
+        return line
+    return (f"{line}  val agent {val_m['agent_acc']:.3f}  step {val_m['step_acc']:.3f}  "
+            f"top3 {val_m['agent_top3']:.3f}  ece {val_m['ece']:.3f}")
 
 
 def xla_record(stats: CompileStats) -> dict[str, float]:
@@ -519,10 +522,17 @@ def init_params(run_dir: Path, cfg: TrainConfig, sample: Batch):
         raise RunDirError(f"{run_dir}: no trained model to start from (no config.json); give a "
                           f"single run, or an ensemble member's directory")
     base = config_from_dir(run_dir)
-    if (base.model, base.embedder, base.dropped) != (cfg.model, cfg.embedder, cfg.dropped):
+    if not same_parameters(base, cfg):
         raise RunDirError(f"{run_dir}: its model, embedder or evidence differ from this run's; "
                           f"fine-tuning needs the same")
     return load_params(run_dir, base, sample)[0]
+
+
+def same_parameters(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether parameters trained under `a` mean the same under `b`: same architecture,
+    embedder and evidence columns (training-only settings may differ)."""
+    return ((architecture(a.model), a.embedder, a.dropped)
+            == (architecture(b.model), b.embedder, b.dropped))
 
 
 def override(cfg: TrainConfig, settings: list[str]) -> TrainConfig:

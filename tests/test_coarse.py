@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_the_environment_is_never_a_candidate():
     f = featurise([t], HashingEmbedder())
     assert pack_batch(f, [labels_of(t)], 2).agent_mask[term] == 0.0
     step = next(s.index for s in t.steps if s.agent == "Computer_terminal")
-    assert pack_batch(f, [(step, term, 1, -1)], 2).agent_mask[term] == 1.0
+    assert pack_batch(f, [(step, term, 1, -1, 1)], 2).agent_mask[term] == 1.0
     solo = Trace("solo", Task("q"), (Step(0, "Tool", "exitcode: 0"),
                                      Step(1, "Tool", "exitcode: 1")))
     assert not build_dhcg(solo).agent_is_env.any()  # a log of one reporter still has a suspect
@@ -69,7 +70,7 @@ def test_an_empty_step_is_never_a_candidate():
     last = g.step_node[-1]
     assert pack_batch(f, [labels_of(t)], 2).step_mask[last] == 0.0
     agent = t.agents.index(t.steps[-1].agent)
-    assert pack_batch(f, [(len(t.steps) - 1, agent, 1, -1)], 2).step_mask[last] == 1.0
+    assert pack_batch(f, [(len(t.steps) - 1, agent, 1, -1, 1)], 2).step_mask[last] == 1.0
     mixed = Trace("m", Task("q"), (Step(0, "A", "The answer is 4."), Step(1, "B", ""),
                                    Step(2, "A", "terminate."), Step(3, "B", "TERMINATE is next")))
     assert build_dhcg(mixed).step_is_empty.tolist() == [False, True, True, False]
@@ -209,3 +210,30 @@ def test_an_ensemble_averages_its_members(tmp_path, capsys):
     assert main(["predict", str(DEV / "1.json"), "--run", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "c.jsonl")]) == 2
     assert "nothing: no trained model here" in capsys.readouterr().err
+
+
+def test_path_dropout_leaves_a_real_log_to_the_linear_evidence_path():
+    """With path dropout, a dropped real log's step scores in training come from the step's own
+    metadata alone (its text, which reaches only the graph layers, changes nothing); simulated
+    traces always train the graph layers, and evaluation always adds the graph term."""
+    import jax
+
+    from astra_jax.model import AstraMoE
+
+    traces = [t for t in _sim(8, 6) if t.variant == "fatal"][:3]
+    feats = featurise(traces, HashingEmbedder())
+    model = AstraMoE(dataclasses.replace(TINY.model, path_dropout=1.0))
+    rngs = {"dropout": jax.random.PRNGKey(1), "router": jax.random.PRNGKey(2)}
+    params = None
+    for real in (1, 0):
+        b = pack_batch(feats, [labels_of(t)[:4] + (real,) for t in traces], 4)
+        nodes = b.graph.nodes
+        other = b._replace(graph=b.graph._replace(nodes={**nodes, "text": -nodes["text"]}))
+        params = params or model.init({"params": jax.random.PRNGKey(0)}, b)["params"]
+        train_out = [model.apply({"params": params}, x, deterministic=False,
+                                 rngs=rngs).step_logit for x in (b, other)]
+        eval_out = [model.apply({"params": params}, x).step_logit for x in (b, other)]
+        steps = b.step_mask > 0
+        train_gap = np.abs(train_out[0][steps] - train_out[1][steps]).max()
+        assert (train_gap < 1e-5) if real else (train_gap > 1e-4)
+        assert np.abs(eval_out[0][steps] - eval_out[1][steps]).max() > 1e-4
