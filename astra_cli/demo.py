@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, validate_paths
+from astra_cli.recipe import Recipe
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
@@ -18,13 +19,16 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tasks", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dev-logs", type=Path, default=DEV_LOGS)
-    d.add_argument("--epochs", type=int, default=2,
+    d.add_argument("--epochs", type=int, default=Recipe.sim_epochs,
                    help="per ensemble member, on simulated traces")
-    d.add_argument("--folds", type=positive_int, default=5,
+    d.add_argument("--folds", type=positive_int, default=Recipe.folds,
                    help="cross-validation folds over the development logs")
-    d.add_argument("--real-epochs", type=positive_int, default=20,
+    d.add_argument("--real-epochs", type=positive_int, default=Recipe.real_epochs,
                    help="epochs of fine-tuning on real logs (each fold, and the final model)")
-    d.add_argument("--members", type=positive_int, default=3,
+    d.add_argument("--replay", type=int, default=Recipe.replay,
+                   help="simulated traces replayed beside the real logs when fine-tuning, so "
+                   "the model keeps the simulated task (0: none)")
+    d.add_argument("--members", type=positive_int, default=Recipe.members,
                    help="coarse models trained with different seeds, their predictions averaged")
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
@@ -72,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
     from astra_cli.coarse_commands import predict_traces
     from astra_cli.pipeline_commands import RunOptions, run_pipeline
-    from astra_cli.recipe import Recipe, build_coarse_model
+    from astra_cli.recipe import build_coarse_model
     from astra_eval.scoring import evaluate
     from data_gen.sim.teams import TEAMS
     from data_gen.stage_files import coarse_verdict
@@ -88,7 +92,7 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
                 path, quiet=True)
         splits[name] = load_traces(path).traces
     recipe = Recipe(members=args.members, sim_epochs=args.epochs, real_epochs=args.real_epochs,
-                    folds=args.folds, seed=args.seed)
+                    folds=args.folds, seed=args.seed, replay=args.replay)
     built = build_coarse_model(recipe, train_traces, splits["val"], dev_traces, args.out)
     sim_run, run, cv = built["sim_run"], built["run"], built["cv"]
     if args.export:
@@ -165,7 +169,8 @@ def _export(args: argparse.Namespace, run: Path, recipe) -> None:
     cfg, members, _ = load_coarse(run)
     command = (f"astra demo --coarse-only --tasks {args.tasks} --seed {args.seed} "
                f"--members {recipe.members} --epochs {recipe.sim_epochs} --real-epochs "
-               f"{recipe.real_epochs} --folds {recipe.folds} --dev-logs {args.dev_logs.name}")
+               f"{recipe.real_epochs} --replay {recipe.replay} --folds {recipe.folds} "
+               f"--dev-logs {args.dev_logs.name}")
     provenance = run_provenance(run, args.out / "cv" / "eval.json", command)
     provenance["recipe"] = asdict(recipe)
     export_model(cfg, members, args.export, provenance, dtype="float16")  # half the size

@@ -1,7 +1,9 @@
 """The recipe of the coarse model that `astra demo` trains and the package ships: pre-train on
 simulated traces, score the recipe on labelled real logs by cross-validation (each fold
 fine-tunes the simulated model on the other folds' logs), then fine-tune the simulated model on
-all of them. The simulated model never sees a real log, so no fold's test log leaks into it."""
+all of them. The simulated model never sees a real log, so no fold's test log leaks into it.
+Fine-tuning replays a sample of the simulated traces beside the real logs: without it the model
+forgets the simulated task (docs/coarse_stage.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +18,18 @@ from data_gen.trace import Trace
 class Recipe:
     members: int = 3  # ensemble members (seeds seed, seed+1, ...)
     sim_epochs: int = 2  # pre-training on simulated traces
-    real_epochs: int = 20  # fine-tuning on real logs, each fold and the final model
+    real_epochs: int = 10  # fine-tuning on real logs, each fold and the final model
     folds: int = 5
     seed: int = 0
+    replay: int = 100  # simulated traces replayed beside the real logs when fine-tuning
+    real_weight: float = 0.5  # the real logs' share of each fine-tuning epoch
+
+
+def replay_sample(traces: list[Trace], n: int) -> list[Trace]:
+    """`n` traces spread evenly over `traces` (every k-th), so every team and variant is in it."""
+    if n <= 0:
+        return []
+    return traces[::max(1, len(traces) // n)][:n]
 
 
 def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Trace],
@@ -38,12 +49,17 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     cache = sim_run / "feature_cache"
     train_ensemble(cfg, recipe.members, sim_train, featurise(sim_train, emb, cache, progress),
                    sim_val, featurise(sim_val, emb, cache, progress), sim_run, progress)
-    real_cfg = dataclasses.replace(cfg, epochs=recipe.real_epochs, init=str(sim_run.resolve()))
+    real_cfg = dataclasses.replace(cfg, epochs=recipe.real_epochs, init=str(sim_run.resolve()),
+                                   real_weight=recipe.real_weight)
+    replay = replay_sample(sim_train, recipe.replay)
     say(f"== {recipe.folds}-fold cross-validation on {len(real)} labelled logs: each fold "
-        f"fine-tunes the simulated model on the other folds' logs")
-    cv = cross_validate(real, [], real_cfg, recipe.folds, recipe.members, out / "cv",
+        f"fine-tunes the simulated model on the other folds' logs and {len(replay)} simulated "
+        f"traces")
+    cv = cross_validate(real, replay, real_cfg, recipe.folds, recipe.members, out / "cv",
                         progress=progress)
-    say(f"== the coarse model: the simulated model fine-tuned on all {len(real)} logs")
-    train_ensemble(real_cfg, recipe.members, real,
-                   featurise(real, emb, run / "feature_cache", progress), [], [], run, progress)
+    say(f"== the coarse model: the simulated model fine-tuned on all {len(real)} logs and "
+        f"{len(replay)} simulated traces")
+    data = replay + real
+    train_ensemble(real_cfg, recipe.members, data,
+                   featurise(data, emb, run / "feature_cache", progress), [], [], run, progress)
     return {"sim_run": sim_run, "run": run, "cv": cv}

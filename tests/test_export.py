@@ -98,18 +98,23 @@ def test_the_shipped_model_loads_and_attributes_without_a_run(capsys):
 def test_the_recipe_is_reproducible(tmp_path):
     """The shipped model's recipe at a small size, twice: the same seeds give the same
     cross-validated table (`make model` rebuilds the full one and compares it with the header)."""
-    from astra_cli.recipe import Recipe, build_coarse_model
+    from astra_cli.recipe import Recipe, build_coarse_model, replay_sample
 
     sim = _sim(8, 12, topologies=("metagpt",))
     real = load_traces([DEV / f"{i}.json" for i in range(1, 11)]).traces
-    recipe = Recipe(members=1, sim_epochs=1, real_epochs=2, folds=2)
+    recipe = Recipe(members=1, sim_epochs=1, real_epochs=2, folds=2, replay=3)
+    replay = [t.trace_id for t in replay_sample(sim, 3)]
+    assert len(set(replay)) == 3
     tables = []
     for name in ("a", "b"):
         built = build_coarse_model(recipe, sim, sim[:4], real, tmp_path / name, progress=False,
                                    say=lambda *_: None)
         cv = built["cv"]["overall"]
         tables.append({m: (s["agent_acc"], s["step_acc"]) for m, s in cv.items()})
-        assert json.loads((tmp_path / name / "coarse" / "data.json").read_text())["train"] == [
-            t.trace_id for t in real]
+        # the final model and every fold replay the same simulated traces beside the real logs
+        assert json.loads((tmp_path / name / "coarse" / "data.json").read_text())["train"] == (
+            replay + [t.trace_id for t in real])
+        fold = json.loads((tmp_path / name / "cv" / "fold-1" / "data.json").read_text())
+        assert fold["train"][:3] == replay
     assert tables[0] == tables[1]
 
