@@ -94,11 +94,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cache = args.out / "feature_cache"
     results = train_ensemble(cfg, args.members, tr, featurise(tr, emb, cache, True, cfg.dropped),
                              va, featurise(va, emb, cache, True, cfg.dropped), args.out)
-    rows = [(cfg.seed + i, r["best"]["epoch"], r["best"]["val_agent_acc"],
-             r["best"]["val_step_acc"], r["best"]["val_agent_top3"], r["best"]["val_ece"])
-            for i, r in enumerate(results)]
-    print(format_table(("seed", "best epoch", "val agent acc", "val step acc", "val top-3 agent",
-                        "val ECE"), rows))
+    if va:
+        rows = [(cfg.seed + i, r["best"]["epoch"], r["best"]["val_agent_acc"],
+                 r["best"]["val_step_acc"], r["best"]["val_agent_top3"], r["best"]["val_ece"])
+                for i, r in enumerate(results)]
+        print(format_table(("seed", "best epoch", "val agent acc", "val step acc",
+                            "val top-3 agent", "val ECE"), rows))
+    else:
+        print(format_table(("seed", "epochs", "final train loss"), [
+            (cfg.seed + i, r["best"]["epoch"], r["best"]["train_loss"])
+            for i, r in enumerate(results)]))
     c = compile_stats()
     print(f"compiled {c.compiled} XLA programs and loaded {c.cache_hits} from the compile cache "
           f"in {c.seconds:.1f}s")

@@ -159,6 +159,13 @@ def test_cli_train_predict_attribute(tmp_path, capsys):
     assert main(["attribute", str(DEV / "1.json"), "--run", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "who:" in out and "when: step" in out and "label: Excel_Expert at step 0" in out
+    # fine-tuning on real logs without validation data, under other training regularisation
+    # (the architecture is the same): the summary shows no validation scores it does not have
+    assert main(["train", *[str(DEV / f"{i}.json") for i in range(1, 9)], "--init",
+                 str(tmp_path / "run"), "--out", str(tmp_path / "tuned"), "--epochs", "1",
+                 "--d-model", "32", "--batch-size", "8", "--set", "model.dropout=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "final train loss" in out and "val agent acc" not in out
 
 
 def test_an_ensemble_averages_its_members(tmp_path, capsys):
