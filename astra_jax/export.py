@@ -124,15 +124,27 @@ def run_provenance(run: Path, eval_json: Path | None, command: str) -> dict[str,
         data = json.loads((d / "data.json").read_text()) if (d / "data.json").exists() else {}
         best = best_record(d / "metrics.jsonl")
         members.append({"seed": cfg["seed"], "epochs": cfg["epochs"], "best_epoch":
-                        best.get("epoch"), "init": cfg.get("init", ""),
+                        best.get("epoch"), "init": _beside(cfg.get("init", ""), run.parent),
                         "train_traces": len(data.get("train", [])),
                         "train_ids": data.get("train", [])})
     out: dict[str, Any] = {"command": command, "training": members}
     if eval_json is not None:
         report = json.loads(eval_json.read_text())
         keys = ("n", "agent_acc", "step_acc", "step_acc_pm1", "topk_agent_recall", "ece")
-        out["evaluation"] = {"source": str(eval_json), "method": report.get("method"),
+        out["evaluation"] = {"source": _beside(str(eval_json), run.parent),
+                             "method": report.get("method"),
                              "overall": {m: {k: s.get(k) for k in keys}
                                          for m, s in report["overall"].items()},
                              "cv": report.get("cv")}
     return out
+
+
+def _beside(path: str, base: Path) -> str:
+    """`path` relative to `base` when it lies under it: a header names the run's own folders,
+    not the build machine's."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path

@@ -50,6 +50,7 @@ def test_an_exported_model_predicts_what_its_run_does(ensemble, capsys):
     assert header["members"] == 2 and header["command"] == "astra train x"
     assert [m["seed"] for m in header["training"]] == [0, 1]
     assert header["evaluation"]["overall"]["m"]["step_acc"] == 0.25
+    assert header["evaluation"]["source"] == "eval.json"  # beside the run, not this machine's path
     # half precision halves the file and stays close
     half = ensemble / "half.msgpack"
     assert main(["export", str(run), "--out", str(half), "--dtype", "float16"]) == 0
