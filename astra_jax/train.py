@@ -68,6 +68,11 @@ class State(train_state.TrainState):
     rng: jax.Array
 
 
+# without validation data the last epoch is the one kept, so a checkpoint only has to bound the
+# work a crash loses: one every SAVE_EVERY_S seconds and one at the end, instead of one an epoch
+# (a second each, as long as a short fine-tuning epoch). With validation data every epoch is
+# saved, since any may be the best.
+SAVE_EVERY_S = 30.0
 COMPILES = {"train": 0, "eval": 0}  # traces of the steps, incremented at trace time
 
 
@@ -374,6 +379,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     lead = jax.process_index() == 0  # one process of a multi-host run writes the log
     best = best_record(out_dir / "metrics.jsonl") if start_epoch else {}
     log = (out_dir / "metrics.jsonl").open("a") if lead else open(os.devnull, "w")
+    last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         order = epoch_order(train_traces, cfg, epoch)
         sums: dict[str, float] = {}
@@ -404,9 +410,12 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
                "devices": mesh.size, "shards": shards}
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
-                  metrics={"val_step_acc": val_m["step_acc"], "epoch": epoch + 1})
-        mngr.wait_until_finished()
+        now = time.perf_counter()
+        if val_feats or epoch + 1 == cfg.epochs or now - last_save >= SAVE_EVERY_S:
+            mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
+                      metrics={"val_step_acc": val_m["step_acc"], "epoch": epoch + 1})
+            mngr.wait_until_finished()
+            last_save = now
         if is_better(rec, best):
             best = rec
         if progress and lead:

@@ -129,6 +129,20 @@ def test_training_learns_compiles_few_times_and_resumes(tmp_path):
     assert res["best"]["val_n"] == len(va)
 
 
+def test_without_validation_data_a_short_run_checkpoints_its_end(tmp_path):
+    """No epoch can be the best one without validation data: a run of short epochs saves the
+    last one only, logs every epoch, and is not trained again when asked once more."""
+    tr = [t for t in _sim(10, 8) if t.variant == "fatal"]
+    feats = featurise(tr, HashingEmbedder())
+    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 3})
+    train(cfg, tr, feats, [], [], tmp_path / "r", progress=False)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["3"]
+    log = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in log] == [1, 2, 3]
+    train(cfg, tr, feats, [], [], tmp_path / "r", progress=False)
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_no_nan_on_one_step_traces_and_unlabelled_batches(tmp_path):
     one = Trace("one", Task("q"), (Step(0, "A", "hello"),))
     two = Trace("two", Task("q"), (Step(0, "A", "x"), Step(1, "B", "y 123")))
