@@ -44,10 +44,10 @@ def tiny(sim, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tuned(sim, tiny, tmp_path_factory):
     be = LocalBackend(tiny)
-    train, held, _ = sft_rows(sim, {}, budget=3000, count=be.count)
+    train, held, _ = sft_rows(sim, {}, budget=1000, count=be.count)
     out = tmp_path_factory.mktemp("ft")
-    cfg = FinetuneConfig(base_model=str(tiny), out_dir=str(out), max_steps=60, grad_accum=1,
-                         batch_size=4, lr=1e-2, save_steps=30, logging_steps=10, r=16, alpha=32,
+    cfg = FinetuneConfig(base_model=str(tiny), out_dir=str(out), max_steps=30, grad_accum=1,
+                         batch_size=4, lr=1e-2, save_steps=15, logging_steps=5, r=16, alpha=32,
                          dropout=0.0, gradient_checkpointing=False)
     metrics, model = finetune(cfg, train, held, progress=False)
     return {"dir": out, "metrics": metrics, "model": model, "train": train, "held": held,
@@ -156,10 +156,10 @@ def test_lora_lowers_the_loss_and_resumes(tuned, tmp_path):
     assert meta["prompt_version"] == "astra.prompt/v1"
     # a longer run into the same directory (a copy here) resumes from the newest checkpoint
     shutil.copytree(tuned["dir"], tmp_path / "ft")
-    cfg = FinetuneConfig(**{**tuned["cfg"].__dict__, "max_steps": 62,
+    cfg = FinetuneConfig(**{**tuned["cfg"].__dict__, "max_steps": 32,
                             "out_dir": str(tmp_path / "ft")})
     again, _ = finetune(cfg, tuned["train"], tuned["held"], progress=False)
-    assert again["resumed_from"].endswith("checkpoint-60") and again["steps"] == 62
+    assert again["resumed_from"].endswith("checkpoint-30") and again["steps"] == 32
 
 
 def test_reloaded_adapter_gives_identical_logits_and_parseable_answers(tuned, tiny, sim):
