@@ -11,6 +11,10 @@ from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
 from data_gen.stats import STATS_HEADERS, label_positions, stats_rows
 
+# the tiny model's prompts, in its own tokens, when tuning and attributing: short enough that
+# its LoRA steps take a fraction of a second on a CPU
+TINY_PROMPT_TOKENS = 1500
+
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole job on embedded defaults: simulate, train, "
@@ -36,7 +40,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--export", type=Path, help="also write the coarse model as a model file, in "
                    "float16 (`make model` writes the package's shipped model this way)")
     d.add_argument("--tiny-pretrain-steps", type=int, default=150)
-    d.add_argument("--tiny-lora-steps", type=int, default=100)
+    d.add_argument("--tiny-lora-steps", type=int, default=60)
     d.add_argument("--threshold", type=float, default=0.5,
                    help="confidence below which a verdict is reported as unsure")
     d.set_defaults(func=cmd_demo, compiles=True)
@@ -100,7 +104,7 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
     else:
         _compare_with_shipped(cv)
     backend = None if args.coarse_only else _tiny_fine_stage(args, train_traces)
-    opts = RunOptions(threshold=args.threshold, seed=args.seed)
+    opts = RunOptions(threshold=args.threshold, seed=args.seed, budget=TINY_PROMPT_TOKENS)
     rows = []
     for name, s in cv["overall"].items():
         rows.append((f"Who&When dev logs, {args.folds}-fold CV" if not rows else "", name, s["n"],
@@ -147,11 +151,12 @@ def _tiny_fine_stage(args: argparse.Namespace, train_traces):
         for t in sample if t.label]
     base = build_tiny_model(args.out / "tiny_model", texts, pretrain_steps=args.tiny_pretrain_steps)
     backend = LocalBackend(base)
-    train_rows, held, _ = sft_rows(sample, {}, budget=3000, count=backend.count)
+    train_rows, held, _ = sft_rows(sample, {}, budget=TINY_PROMPT_TOKENS, count=backend.count)
     cfg = FinetuneConfig(base_model=str(base), out_dir=str(args.out / "tiny_lora"),
                          max_steps=args.tiny_lora_steps, batch_size=4, grad_accum=1, lr=1e-2,
                          save_steps=args.tiny_lora_steps, dropout=0.0,
-                         gradient_checkpointing=False, max_length=3200, seed=args.seed)
+                         gradient_checkpointing=False, max_length=TINY_PROMPT_TOKENS + 200,
+                         seed=args.seed)
     metrics, _ = finetune(cfg, train_rows, held[:16])
     print(f"LoRA loss {metrics['loss_curve'][0]:.3f} → {metrics['loss_curve'][-1]:.3f}")
     return LocalBackend(base, args.out / "tiny_lora" / "adapter")
