@@ -6,18 +6,22 @@ bigrams; fast, for tests and CPU training) and `minilm` (all-MiniLM-L6-v2 from t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
+from data_gen import dhcg, evidence
 from data_gen.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
 from data_gen.evidence import EVIDENCE_COLUMNS, EVIDENCE_GROUPS, step_evidence
 from data_gen.trace import Trace
@@ -143,9 +147,10 @@ def evidence_mask(drop: tuple[str, ...] = ()) -> np.ndarray:
     return np.array([c not in gone for c in EVIDENCE_COLUMNS], np.float32)
 
 
-def node_meta(trace: Trace, g: DHCG, drop: tuple[str, ...] = ()) -> np.ndarray:
+def node_meta(trace: Trace, g: DHCG) -> np.ndarray:
     """[N, META_DIM]: node type, position in the log, authorship, its step's signals, and the
-    step evidence (data_gen/evidence.py) on the step's author node, less the groups in `drop`."""
+    step evidence (data_gen/evidence.py) on the step's author node. The evidence columns come
+    last (see `without_evidence`)."""
     n_steps = len(trace.steps)
     n = len(g.node_type)
     is_author = np.zeros(n, np.float32)
@@ -160,8 +165,16 @@ def node_meta(trace: Trace, g: DHCG, drop: tuple[str, ...] = ()) -> np.ndarray:
             first[:, None], lengths[g.node_step][:, None] / 10.0,
             (g.node_step == n_steps - 1).astype(np.float32)[:, None],
             g.signals[g.node_step],
-            step_evidence(trace)[g.node_step] * evidence_mask(drop) * is_author[:, None]]
+            step_evidence(trace)[g.node_step] * is_author[:, None]]
     return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def without_evidence(meta: np.ndarray, drop: tuple[str, ...]) -> np.ndarray:
+    """`meta` with the evidence columns of the groups in `drop` set to zero (ablations)."""
+    if not drop:
+        return meta
+    n = len(EVIDENCE_COLUMNS)
+    return np.concatenate([meta[:, :-n], meta[:, -n:] * evidence_mask(drop)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -177,11 +190,33 @@ def trace_key(trace: Trace, embedder: Embedder) -> str:
     return h.hexdigest()[:32]
 
 
+@lru_cache(maxsize=1)
+def _structure_code() -> str:
+    """A digest of the code that turns a trace into its graph and node metadata: editing it
+    makes every cached graph stale, while the cached text embeddings stay good."""
+    h = hashlib.sha256()
+    for module in (dhcg, evidence):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def structure_key(trace: Trace) -> str:
+    """What a trace's graph and node metadata depend on: its steps (all fields but `extra`,
+    which no rule reads), its final answer, and the code that computes them."""
+    body = json.dumps([[s.index, s.agent, s.content, s.kind, s.to, s.role,
+                        dataclasses.asdict(s.tool) if s.tool else None, list(s.refs)]
+                       for s in trace.steps] + [trace.outcome.final_answer], default=str)
+    return hashlib.sha256(f"{_structure_code()}|{body}".encode()).hexdigest()[:32]
+
+
 def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = None,
               progress: bool = False, drop: tuple[str, ...] = (), chunk_steps: int = 4096
               ) -> list[Featurised]:
     """Featurise traces, reading and writing `cache_dir/<key>.npz` (one file per trace) when given;
-    `drop` names evidence groups to leave out (TrainConfig.drop_evidence).
+    `drop` names evidence groups to leave out (TrainConfig.drop_evidence). A cache file holds
+    the step embeddings and, under `structure_key`, the graph and node metadata: a hit
+    computes nothing, and a file whose structure is stale keeps its embeddings.
 
     The steps of uncached traces are embedded together, about `chunk_steps` steps at a time and
     each distinct text once: an embedder that batches (MiniLM) then fills its batches with texts
@@ -195,19 +230,21 @@ def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = 
     pending: list[int] = []
     with tqdm(total=len(traces), desc="featurising", unit="trace", disable=not progress) as bar:
         for i, (t, path) in enumerate(zip(traces, paths)):
-            if path is not None and path.exists():
-                out[i] = _featurised(t, np.load(path)["step_text"], drop)
-                bar.update()
-            else:
+            cached = _load(path, t) if path is not None and path.exists() else None
+            if cached is None:
                 pending.append(i)
+            else:
+                out[i] = cached
+                bar.update()
         for chunk in _chunks(pending, [len(traces[i].steps) for i in pending], chunk_steps):
             texts = embed_steps([traces[i] for i in chunk], embedder)
             for i, text in zip(chunk, texts):
+                out[i] = _featurised(traces[i], text)
                 if paths[i] is not None:
-                    _save(paths[i], text)
-                out[i] = _featurised(traces[i], text, drop)
+                    _save(paths[i], traces[i], out[i])
             bar.update(len(chunk))
-    return [out[i] for i in range(len(traces))]
+    return [dataclasses.replace(f, meta=without_evidence(f.meta, drop)) if drop else f
+            for f in (out[i] for i in range(len(traces)))]
 
 
 def embed_steps(traces: list[Trace], embedder: Embedder) -> list[np.ndarray]:
@@ -232,13 +269,41 @@ def _chunks(items: list[int], sizes: list[int], budget: int) -> list[list[int]]:
     return [c for c in chunks if c]
 
 
-def _featurised(trace: Trace, step_text: np.ndarray, drop: tuple[str, ...]) -> Featurised:
+def _featurised(trace: Trace, step_text: np.ndarray) -> Featurised:
     g = build_dhcg(trace)
-    return Featurised(g, step_text, node_meta(trace, g, drop))
+    return Featurised(g, step_text, node_meta(trace, g))
 
 
-def _save(path: Path, step_text: np.ndarray) -> None:
+_NAMES = ("agents", "entities")  # the graph's fields that are names, stored as JSON
+
+
+def _load(path: Path, trace: Trace) -> Featurised | None:
+    """The cached features of `trace`; its graph and metadata computed again (and the file
+    rewritten) when they are stale; None when the file cannot be read."""
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # torn or foreign: redo it
+        return None
+    if "step_text" not in arrays:
+        return None
+    if str(arrays.get("structure", "")) != structure_key(trace):
+        feats = _featurised(trace, arrays["step_text"])
+        _save(path, trace, feats)
+        return feats
+    fields = {}
+    for fld in dataclasses.fields(DHCG):
+        value = arrays[f"graph.{fld.name}"]
+        fields[fld.name] = (tuple(map(tuple, json.loads(str(value)))) if fld.name == "entities"
+                            else tuple(json.loads(str(value))) if fld.name in _NAMES else value)
+    return Featurised(DHCG(**fields), arrays["step_text"], arrays["meta"])
+
+
+def _save(path: Path, trace: Trace, feats: Featurised) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    graph = {f"graph.{fld.name}": np.array(json.dumps(v)) if fld.name in _NAMES else v
+             for fld in dataclasses.fields(DHCG) for v in [getattr(feats.graph, fld.name)]}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, step_text=step_text)
+    np.savez(tmp, step_text=feats.step_text, meta=feats.meta,
+             structure=np.array(structure_key(trace)), **graph)
     tmp.replace(path)

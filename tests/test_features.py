@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -6,9 +7,10 @@ import pytest
 
 from astra_jax.features import (Embedder, HashingEmbedder, MiniLMEmbedder, featurise,
                                 head_and_tail, trace_key)
+from data_gen.evidence import EVIDENCE_COLUMNS
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig, generate
-from data_gen.trace import Step, Task, Trace
+from data_gen.trace import Outcome, Step, Task, Trace
 
 DEV = Path(__file__).resolve().parent.parent / "data" / "who_and_when" / "Algorithm-Generated"
 
@@ -65,6 +67,50 @@ def test_features_are_cached_per_trace_and_hit(tmp_path):
     featurise(traces, emb, tmp_path)
     assert len(emb.calls) == n_calls + 1  # only the trace whose file went is embedded again
     assert emb.calls[-1] == list(dict.fromkeys(s.content for s in traces[2].steps))
+
+
+def _same(a, b) -> None:
+    np.testing.assert_array_equal(a.step_text, b.step_text)
+    np.testing.assert_array_equal(a.meta, b.meta)
+    for f in dataclasses.fields(a.graph):
+        x, y = getattr(a.graph, f.name), getattr(b.graph, f.name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype, f.name
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y, f.name
+
+
+def test_a_cache_hit_gives_the_graph_and_metadata_a_fresh_run_computes(tmp_path):
+    traces, emb = _traces(), HashingEmbedder()
+    drop = ("answer", "claims")
+    featurise(traces, emb, tmp_path)
+    for a, b in zip(featurise(traces, emb, None, drop=drop), featurise(traces, emb, tmp_path,
+                                                                       drop=drop)):
+        _same(a, b)
+        assert not a.meta[:, -len(EVIDENCE_COLUMNS):][:, [EVIDENCE_COLUMNS.index(
+            "answer_repeat")]].any()  # the dropped group is zero, the cache notwithstanding
+
+
+def test_a_stale_graph_is_computed_again_and_the_embeddings_kept(tmp_path):
+    traces, emb = _traces()[-2:], CountingEmbedder(HashingEmbedder())
+    first = featurise(traces, emb, tmp_path)
+    n_calls = len(emb.calls)
+    # the final answer is not part of the text key, but the answer evidence reads it
+    changed = [dataclasses.replace(t, outcome=Outcome(False, t.steps[1].content))
+               for t in traces]
+    again = featurise(changed, emb, tmp_path)
+    assert len(emb.calls) == n_calls
+    assert any(not np.array_equal(a.meta, b.meta) for a, b in zip(first, again))
+    for a, b in zip(featurise(changed, HashingEmbedder()), again):
+        _same(a, b)
+    # a cache file of the older kind (embeddings only) is read and completed
+    path = tmp_path / f"{trace_key(traces[0], emb)}.npz"
+    np.savez(path, step_text=again[0].step_text)
+    _same(featurise(changed[:1], emb, tmp_path)[0], again[0])
+    assert "meta" in np.load(path).files and len(emb.calls) == n_calls
+    path.write_bytes(b"not a zip file")  # a torn file is featurised again, not an error
+    _same(featurise(changed[:1], emb, tmp_path)[0], again[0])
 
 
 def test_head_and_tail_keeps_the_first_and_last_tokens():
