@@ -8,6 +8,7 @@ set, in the form of `astra eval` (baselines included), with the spread over fold
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -32,6 +33,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    "(it must never have seen these logs)")
     c.add_argument("--members", type=positive_int, default=1)
     c.add_argument("--epochs", type=positive_int, default=8)
+    c.add_argument("--real-only-epochs", type=int, default=0, metavar="E",
+                   help="pair each member with one trained from scratch on the fold's logs "
+                   "alone for E epochs, their probabilities averaged (0: none)")
     c.add_argument("--seed", type=int, default=0, help="seeds the folds and the models")
     c.add_argument("--real-weight", type=float, default=0.5)
     c.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
@@ -45,13 +49,15 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 def cmd_cv(args: argparse.Namespace) -> int:
     try:
         cfg = train_config(args)
+        real_only = real_only_config(cfg, args.real_only_epochs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logs = labelled_logs(load_valid_traces(args.logs))
     sim = usable_for_training(load_valid_traces(args.sim), "simulated") if args.sim else []
     try:
-        cross_validate(logs, sim, cfg, args.folds, args.members, args.out, args.top_k)
+        cross_validate(logs, sim, cfg, args.folds, args.members, args.out, args.top_k,
+                       real_only=real_only)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -67,15 +73,25 @@ def labelled_logs(traces: list[Trace]) -> list[Trace]:
     return [t for t in traces if t.label is not None]
 
 
+def real_only_config(cfg, epochs: int):
+    """The setting of members trained from scratch on real logs alone (None for `epochs` 0):
+    `cfg` with no starting point."""
+    if epochs < 0:
+        raise ValueError(f"real-only epochs must be 0 or more, not {epochs}")
+    return dataclasses.replace(cfg, epochs=epochs, init="") if epochs else None
+
+
 def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: int, out: Path,
-                   top_k: int = 3, progress: bool = True) -> dict[str, Any]:
+                   top_k: int = 3, progress: bool = True, real_only=None) -> dict[str, Any]:
     """Train and score `k` folds; writes `out/{folds.json, candidates.jsonl, eval.json,
-    eval.md}` and one run directory per fold; returns the evaluation with `folds` and `cv`."""
+    eval.md}` and one run directory per fold; returns the evaluation with `folds` and `cv`.
+    With `real_only` (a TrainConfig), each fold's ensemble also has `members` models trained
+    under it on the fold's logs alone (no simulated traces)."""
     from astra_eval.folds import stratified_folds
     from astra_eval.markdown import cv_markdown
     from astra_eval.scoring import evaluate
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import train_ensemble
+    from astra_jax.train import ensemble_specs, train_members
 
     folds = stratified_folds(logs, k, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +111,11 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
         print(f"== fold {i + 1}/{k}: train on {len(train_ix)} logs + {len(sim)} simulated "
               f"traces, test on {len(test_ix)} logs", file=sys.stderr)
         run = out / f"fold-{i + 1}"
-        train_ensemble(cfg, members, sim + [logs[j] for j in train_ix],
-                       sim_feats + [log_feats[j] for j in train_ix], [], [], run, progress)
+        fold_logs, fold_feats = [logs[j] for j in train_ix], [log_feats[j] for j in train_ix]
+        specs = ensemble_specs(cfg, members, sim + fold_logs, sim_feats + fold_feats)
+        if real_only is not None:
+            specs += ensemble_specs(real_only, members, fold_logs, fold_feats)
+        train_members(specs, [], [], run, progress)
         fold = predict_traces(run, [logs[j] for j in test_ix], top_k, cache)
         fold_cands = {c["trace_id"]: c for c in fold}
         cands.update(fold_cands)
@@ -110,6 +129,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
     report["folds"] = [{m: {key: s[key] for key in ("n", "agent_acc", "step_acc")}
                         for m, s in row.items()} for row in fold_rows]
     report["cv"] = {"folds": k, "seed": cfg.seed, "members": members, "simulated": len(sim),
+                    "real_only_members": members if real_only is not None else 0,
                     "methods": spread(fold_rows, method)}
     md = cv_markdown(report)
     (out / "eval.json").write_text(json.dumps(report, indent=1), "utf-8")

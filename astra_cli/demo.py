@@ -34,6 +34,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    "the model keeps the simulated task (0: none)")
     d.add_argument("--members", type=positive_int, default=Recipe.members,
                    help="coarse models trained with different seeds, their predictions averaged")
+    d.add_argument("--real-only-epochs", type=int, default=Recipe.real_only_epochs,
+                   help="pair each member with one trained this many epochs on the real logs "
+                   "alone (0: none)")
     d.add_argument("--held-out-topology", default="crewai-hierarchical",
                    help="never seen in training; appears in the held-out test split")
     d.add_argument("--coarse-only", action="store_true", help="skip the tiny fine-stage model")
@@ -96,7 +99,8 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
                 path, quiet=True)
         splits[name] = load_traces(path).traces
     recipe = Recipe(members=args.members, sim_epochs=args.epochs, real_epochs=args.real_epochs,
-                    folds=args.folds, seed=args.seed, replay=args.replay)
+                    folds=args.folds, seed=args.seed, replay=args.replay,
+                    real_only_epochs=args.real_only_epochs)
     built = build_coarse_model(recipe, train_traces, splits["val"], dev_traces, args.out)
     sim_run, run, cv = built["sim_run"], built["run"], built["cv"]
     if args.export:
@@ -175,6 +179,7 @@ def _export(args: argparse.Namespace, run: Path, recipe) -> None:
     command = (f"astra demo --coarse-only --tasks {args.tasks} --seed {args.seed} "
                f"--members {recipe.members} --epochs {recipe.sim_epochs} --real-epochs "
                f"{recipe.real_epochs} --replay {recipe.replay} --folds {recipe.folds} "
+               f"--real-only-epochs {recipe.real_only_epochs} "
                f"--dev-logs {args.dev_logs.name}")
     provenance = run_provenance(run, args.out / "cv" / "eval.json", command)
     provenance["recipe"] = asdict(recipe)

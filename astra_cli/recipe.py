@@ -1,9 +1,10 @@
 """The recipe of the coarse model that `astra demo` trains and the package ships: pre-train on
 simulated traces, score the recipe on labelled real logs by cross-validation (each fold
 fine-tunes the simulated model on the other folds' logs), then fine-tune the simulated model on
-all of them. The simulated model never sees a real log, so no fold's test log leaks into it.
-Fine-tuning replays a sample of the simulated traces beside the real logs: without it the model
-forgets the simulated task (docs/coarse_stage.md)."""
+all of them. Each fine-tuned model is paired with one trained on the real logs alone. The
+simulated model never sees a real log, so no fold's test log leaks into it. Fine-tuning
+replays a sample of the simulated traces beside the real logs: without it the model forgets
+the simulated task (docs/coarse_stage.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,10 @@ class Recipe:
     seed: int = 0
     replay: int = 100  # simulated traces replayed beside the real logs when fine-tuning
     real_weight: float = 0.5  # the real logs' share of each fine-tuning epoch
+    # each member is paired with one trained from scratch on the real logs alone for this many
+    # epochs (0: none): the pair's average beats either on real logs, and the fine-tuned
+    # member, far more confident on simulated traces, keeps the simulated task
+    real_only_epochs: int = 20
 
 
 def replay_sample(traces: list[Trace], n: int) -> list[Trace]:
@@ -39,9 +44,9 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
                        say=print) -> dict[str, Any]:
     """Train `out/sim_coarse`, cross-validate into `out/cv`, fine-tune `out/coarse`; returns
     their paths and the cross-validation report."""
-    from astra_cli.cv_command import cross_validate
+    from astra_cli.cv_command import cross_validate, real_only_config
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import TrainConfig, train_ensemble
+    from astra_jax.train import TrainConfig, ensemble_specs, train_ensemble, train_members
 
     cfg = TrainConfig(epochs=recipe.sim_epochs, seed=recipe.seed)
     sim_run, run = out / "sim_coarse", out / "coarse"
@@ -53,15 +58,21 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
                    sim_val, featurise(sim_val, emb, cache, progress), sim_run, progress)
     real_cfg = dataclasses.replace(cfg, epochs=recipe.real_epochs, init=str(sim_run.resolve()),
                                    real_weight=recipe.real_weight)
+    real_only = real_only_config(cfg, recipe.real_only_epochs)
     replay = replay_sample(sim_train, recipe.replay)
+    paired = (f", each paired with a model trained {recipe.real_only_epochs} epochs on those "
+              f"logs alone" if real_only else "")
     say(f"== {recipe.folds}-fold cross-validation on {len(real)} labelled logs: each fold "
         f"fine-tunes the simulated model on the other folds' logs and {len(replay)} simulated "
-        f"traces")
+        f"traces{paired}")
     cv = cross_validate(real, replay, real_cfg, recipe.folds, recipe.members, out / "cv",
-                        progress=progress)
+                        progress=progress, real_only=real_only)
     say(f"== the coarse model: the simulated model fine-tuned on all {len(real)} logs and "
-        f"{len(replay)} simulated traces")
+        f"{len(replay)} simulated traces{paired}")
     data = replay + real
-    train_ensemble(real_cfg, recipe.members, data,
-                   featurise(data, emb, run / "feature_cache", progress), [], [], run, progress)
+    feats = featurise(data, emb, run / "feature_cache", progress)
+    specs = ensemble_specs(real_cfg, recipe.members, data, feats)
+    if real_only is not None:
+        specs += ensemble_specs(real_only, recipe.members, real, feats[len(replay):])
+    train_members(specs, [], [], run, progress)
     return {"sim_run": sim_run, "run": run, "cv": cv}

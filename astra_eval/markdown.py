@@ -64,6 +64,8 @@ def eval_markdown(report: dict[str, Any]) -> str:
 def cv_markdown(report: dict[str, Any]) -> str:
     """`eval_markdown` of the out-of-fold verdicts, then each method's spread over the folds."""
     cv = report["cv"]
+    paired = ", each paired with one trained on the fold's logs alone" if cv.get(
+        "real_only_members") else ""
     rows = [[m, s["agent_acc"]["mean"], s["agent_acc"]["std"], s["step_acc"]["mean"],
              s["step_acc"]["std"]] for m, s in cv["methods"].items()]
     per_fold = [[f"fold {i + 1}", row["ours"]["n"], row["ours"]["agent_acc"],
@@ -71,6 +73,7 @@ def cv_markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         eval_markdown(report), "", f"### Spread over {cv['folds']} folds",
         "", f"Each fold's model never saw its test logs; {cv['simulated']} simulated traces in "
-        f"every fold's training data; {cv['members']} model(s) per fold; seed {cv['seed']}.", "",
+        f"every fold's training data; {cv['members']} model(s) per fold"
+        f"{paired}; seed {cv['seed']}.", "",
         md_table(["method", "agent mean", "agent std", "step mean", "step std"], rows), "",
         md_table(["fold", "n", "agent", "step"], per_fold)])

@@ -441,32 +441,58 @@ def xla_record(stats: CompileStats) -> dict[str, float]:
             "compile_seconds": round(stats.seconds, 3)}
 
 
+@dataclass(frozen=True)
+class MemberSpec:
+    """One ensemble member: how it trains and on what."""
+    cfg: TrainConfig
+    traces: list[Trace]
+    feats: list[Featurised]
+
+
+def ensemble_specs(cfg: TrainConfig, members: int, traces: list[Trace],
+                   feats: list[Featurised]) -> list[MemberSpec]:
+    """`members` models that differ only in their seed (cfg.seed, cfg.seed + 1, ...). With
+    `cfg.init` naming an ensemble, member i starts from its member i (cyclically)."""
+    if members < 1:
+        raise ValueError(f"members must be at least 1, not {members}")
+    inits = [str(d) for d in member_dirs(Path(cfg.init))] if cfg.init else [""]
+    return [MemberSpec(dataclasses.replace(cfg, seed=cfg.seed + i, init=inits[i % len(inits)]),
+                       traces, feats) for i in range(members)]
+
+
 def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
                    train_feats: list[Featurised], val_traces: list[Trace],
                    val_feats: list[Featurised], out_dir: Path, progress: bool = True
                    ) -> list[dict[str, Any]]:
-    """`members` models that differ only in their seed (cfg.seed, cfg.seed + 1, ...); prediction
-    averages their probabilities. On simulated data the members agree; on real logs each seed
-    learns different accidents of the simulator, and their average is steadier than any one
-    (docs/coarse_stage.md). One member trains in `out_dir` itself, several in `member-N`. With
-    `cfg.init` naming an ensemble, member i starts from its member i (cyclically)."""
-    if members < 1:
-        raise ValueError(f"members must be at least 1, not {members}")
+    """`members` models that differ only in their seed; prediction averages their
+    probabilities. On simulated data the members agree; on real logs each seed learns
+    different accidents of the simulator, and their average is steadier than any one
+    (docs/coarse_stage.md)."""
+    specs = ensemble_specs(cfg, members, train_traces, train_feats)
+    return train_members(specs, val_traces, val_feats, out_dir, progress)
+
+
+def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: list[Featurised],
+                  out_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
+    """One model per spec, their probabilities averaged at prediction. Members may differ in
+    training settings and data (a model fine-tuned from the simulated one beside one trained
+    on real logs alone), not in architecture, embedder or evidence. One member trains in
+    `out_dir` itself, several in `member-N`."""
     single, ensemble = (out_dir / "config.json").exists(), any(out_dir.glob("member-*"))
-    if (members == 1 and ensemble) or (members > 1 and single):
+    if (len(specs) == 1 and ensemble) or (len(specs) > 1 and single):
         raise RunDirError(f"{out_dir} holds {'an ensemble' if ensemble else 'a single model'}; "
                           f"train into a new directory, or remove this one")
-    inits = [str(d) for d in member_dirs(Path(cfg.init))] if cfg.init else [""]
-    if members == 1:
-        return [train(dataclasses.replace(cfg, init=inits[0]), train_traces, train_feats,
-                      val_traces, val_feats, out_dir, progress)]
+    if not all(same_parameters(s.cfg, specs[0].cfg) for s in specs):
+        raise ValueError("ensemble members must share their model, embedder and evidence")
+    if len(specs) == 1:
+        s = specs[0]
+        return [train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir, progress)]
     results = []
-    for i in range(members):
+    for i, s in enumerate(specs):
         if progress:
-            print(f"member {i + 1}/{members} (seed {cfg.seed + i})", file=sys.stderr)
-        results.append(train(dataclasses.replace(cfg, seed=cfg.seed + i,
-                                                 init=inits[i % len(inits)]),
-                             train_traces, train_feats, val_traces, val_feats,
+            print(f"member {i + 1}/{len(specs)} (seed {s.cfg.seed}, {len(s.traces)} traces"
+                  f"{', from ' + s.cfg.init if s.cfg.init else ''})", file=sys.stderr)
+        results.append(train(s.cfg, s.traces, s.feats, val_traces, val_feats,
                              out_dir / f"member-{i + 1}", progress))
     return results
 

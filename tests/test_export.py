@@ -103,7 +103,8 @@ def test_the_recipe_is_reproducible(tmp_path):
 
     sim = _sim(8, 12, topologies=("metagpt",))
     real = load_traces([DEV / f"{i}.json" for i in range(1, 11)]).traces
-    recipe = Recipe(members=1, sim_epochs=1, real_epochs=2, folds=2, replay=3)
+    recipe = Recipe(members=1, sim_epochs=1, real_epochs=2, folds=2, replay=3,
+                    real_only_epochs=2)
     replay = [t.trace_id for t in replay_sample(sim, 3)]
     assert len(set(replay)) == 3
     tables = []
@@ -112,10 +113,19 @@ def test_the_recipe_is_reproducible(tmp_path):
                                    say=lambda *_: None)
         cv = built["cv"]["overall"]
         tables.append({m: (s["agent_acc"], s["step_acc"]) for m, s in cv.items()})
-        # the final model and every fold replay the same simulated traces beside the real logs
-        assert json.loads((tmp_path / name / "coarse" / "data.json").read_text())["train"] == (
-            replay + [t.trace_id for t in real])
-        fold = json.loads((tmp_path / name / "cv" / "fold-1" / "data.json").read_text())
-        assert fold["train"][:3] == replay
+        # the final model and every fold replay the same simulated traces beside the real
+        # logs; the member paired with each trains on the real logs alone
+        data = lambda *p: json.loads((tmp_path / name).joinpath(*p, "data.json").read_text())  # noqa
+        ids = [t.trace_id for t in real]
+        assert data("coarse", "member-1")["train"] == replay + ids
+        assert data("coarse", "member-2")["train"] == ids
+        assert json.loads((tmp_path / name / "coarse" / "member-2" / "config.json").read_text(
+            ))["init"] == ""
+        folds = json.loads((tmp_path / name / "cv" / "folds.json").read_text())
+        for f in folds:
+            fine, alone = (data("cv", f"fold-{f['fold']}", f"member-{m}") for m in (1, 2))
+            assert fine["train"][:3] == replay and sorted(fine["train"][3:]) == sorted(f["train"])
+            assert sorted(alone["train"]) == sorted(f["train"])  # never a test log, no sim
+        assert built["cv"]["cv"]["real_only_members"] == 1
     assert tables[0] == tables[1]
 

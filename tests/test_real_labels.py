@@ -143,3 +143,6 @@ def test_cross_validation_never_tests_on_training_logs(tmp_path, capsys):
                  str(tmp_path / "few")]) == 2
     err = capsys.readouterr().err
     assert f"skipped (no label, cannot be scored): {unlabelled}" in err
+    assert main(["cv", str(DEV), "--folds", "2", "--out", str(tmp_path / "neg"),
+                 "--real-only-epochs", "-1"]) == 2
+    assert "real-only epochs must be 0 or more, not -1" in capsys.readouterr().err
