@@ -41,14 +41,15 @@ def replay_sample(traces: list[Trace], n: int) -> list[Trace]:
 
 def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Trace],
                        real: list[Trace], out: Path, progress: bool = True,
-                       say=print) -> dict[str, Any]:
+                       say=print, base=None) -> dict[str, Any]:
     """Train `out/sim_coarse`, cross-validate into `out/cv`, fine-tune `out/coarse`; returns
-    their paths and the cross-validation report."""
+    their paths and the cross-validation report. `base` (a TrainConfig; default: the
+    defaults) gives the model and every setting the recipe does not set."""
     from astra_cli.cv_command import cross_validate, real_only_config
     from astra_jax.features import featurise, make_embedder
     from astra_jax.train import TrainConfig, ensemble_specs, train_ensemble, train_members
 
-    cfg = TrainConfig(epochs=recipe.sim_epochs, seed=recipe.seed)
+    cfg = dataclasses.replace(base or TrainConfig(), epochs=recipe.sim_epochs, seed=recipe.seed)
     sim_run, run = out / "sim_coarse", out / "coarse"
     emb = make_embedder(cfg.embedder)
     say(f"== pre-train {recipe.members} coarse model(s), seeds {recipe.seed} on, on "

@@ -110,7 +110,7 @@ def test_the_recipe_is_reproducible(tmp_path):
     tables = []
     for name in ("a", "b"):
         built = build_coarse_model(recipe, sim, sim[:4], real, tmp_path / name, progress=False,
-                                   say=lambda *_: None)
+                                   say=lambda *_: None, base=TINY)
         cv = built["cv"]["overall"]
         tables.append({m: (s["agent_acc"], s["step_acc"]) for m, s in cv.items()})
         # the final model and every fold replay the same simulated traces beside the real
