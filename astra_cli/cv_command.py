@@ -81,6 +81,17 @@ def real_only_config(cfg, epochs: int):
     return dataclasses.replace(cfg, epochs=epochs, init="") if epochs else None
 
 
+def member_specs(cfg, real_only, members: int, sim: list[Trace], sim_feats: list,
+                 logs: list[Trace], log_feats: list) -> list:
+    """The members trained on `logs`: `members` under `cfg` with the simulated traces beside
+    the logs and, with `real_only`, as many under it on the logs alone."""
+    from astra_jax.train import ensemble_specs
+    specs = ensemble_specs(cfg, members, sim + logs, sim_feats + log_feats)
+    if real_only is not None:
+        specs += ensemble_specs(real_only, members, logs, log_feats)
+    return specs
+
+
 def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: int, out: Path,
                    top_k: int = 3, progress: bool = True, real_only=None) -> dict[str, Any]:
     """Train and score `k` folds; writes `out/{folds.json, candidates.jsonl, eval.json,
@@ -91,7 +102,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
     from astra_eval.markdown import cv_markdown
     from astra_eval.scoring import evaluate
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import ensemble_specs, train_members
+    from astra_jax.train import train_members
 
     folds = stratified_folds(logs, k, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,11 +122,9 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
         print(f"== fold {i + 1}/{k}: train on {len(train_ix)} logs + {len(sim)} simulated "
               f"traces, test on {len(test_ix)} logs", file=sys.stderr)
         run = out / f"fold-{i + 1}"
-        fold_logs, fold_feats = [logs[j] for j in train_ix], [log_feats[j] for j in train_ix]
-        specs = ensemble_specs(cfg, members, sim + fold_logs, sim_feats + fold_feats)
-        if real_only is not None:
-            specs += ensemble_specs(real_only, members, fold_logs, fold_feats)
-        train_members(specs, [], [], run, progress)
+        train_members(member_specs(cfg, real_only, members, sim, sim_feats,
+                                   [logs[j] for j in train_ix], [log_feats[j] for j in train_ix]),
+                      [], [], run, progress)
         fold = predict_traces(run, [logs[j] for j in test_ix], top_k, cache)
         fold_cands = {c["trace_id"]: c for c in fold}
         cands.update(fold_cands)

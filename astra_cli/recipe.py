@@ -45,9 +45,9 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     """Train `out/sim_coarse`, cross-validate into `out/cv`, fine-tune `out/coarse`; returns
     their paths and the cross-validation report. `base` (a TrainConfig; default: the
     defaults) gives the model and every setting the recipe does not set."""
-    from astra_cli.cv_command import cross_validate, real_only_config
+    from astra_cli.cv_command import cross_validate, member_specs, real_only_config
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import TrainConfig, ensemble_specs, train_ensemble, train_members
+    from astra_jax.train import TrainConfig, train_ensemble, train_members
 
     cfg = dataclasses.replace(base or TrainConfig(), epochs=recipe.sim_epochs, seed=recipe.seed)
     sim_run, run = out / "sim_coarse", out / "coarse"
@@ -70,10 +70,7 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
                         progress=progress, real_only=real_only)
     say(f"== the coarse model: the simulated model fine-tuned on all {len(real)} logs and "
         f"{len(replay)} simulated traces{paired}")
-    data = replay + real
-    feats = featurise(data, emb, run / "feature_cache", progress)
-    specs = ensemble_specs(real_cfg, recipe.members, data, feats)
-    if real_only is not None:
-        specs += ensemble_specs(real_only, recipe.members, real, feats[len(replay):])
-    train_members(specs, [], [], run, progress)
+    feats = featurise(replay + real, emb, run / "feature_cache", progress)
+    train_members(member_specs(real_cfg, real_only, recipe.members, replay, feats[:len(replay)],
+                               real, feats[len(replay):]), [], [], run, progress)
     return {"sim_run": sim_run, "run": run, "cv": cv}

@@ -241,7 +241,7 @@ def featurise(traces: list[Trace], embedder: Embedder, cache_dir: Path | None = 
             for i, text in zip(chunk, texts):
                 out[i] = _featurised(traces[i], text)
                 if paths[i] is not None:
-                    _save(paths[i], traces[i], out[i])
+                    _save(paths[i], structure_key(traces[i]), out[i])
             bar.update(len(chunk))
     return [dataclasses.replace(f, meta=without_evidence(f.meta, drop)) if drop else f
             for f in (out[i] for i in range(len(traces)))]
@@ -287,9 +287,10 @@ def _load(path: Path, trace: Trace) -> Featurised | None:
         return None
     if "step_text" not in arrays:
         return None
-    if str(arrays.get("structure", "")) != structure_key(trace):
+    key = structure_key(trace)
+    if str(arrays.get("structure", "")) != key:
         feats = _featurised(trace, arrays["step_text"])
-        _save(path, trace, feats)
+        _save(path, key, feats)
         return feats
     fields = {}
     for fld in dataclasses.fields(DHCG):
@@ -299,11 +300,11 @@ def _load(path: Path, trace: Trace) -> Featurised | None:
     return Featurised(DHCG(**fields), arrays["step_text"], arrays["meta"])
 
 
-def _save(path: Path, trace: Trace, feats: Featurised) -> None:
+def _save(path: Path, structure: str, feats: Featurised) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = {f"graph.{fld.name}": np.array(json.dumps(v)) if fld.name in _NAMES else v
              for fld in dataclasses.fields(DHCG) for v in [getattr(feats.graph, fld.name)]}
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, step_text=feats.step_text, meta=feats.meta,
-             structure=np.array(structure_key(trace)), **graph)
+             structure=np.array(structure), **graph)
     tmp.replace(path)
