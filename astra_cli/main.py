@@ -20,11 +20,11 @@ COMPILE_CACHE_ENV = "ASTRA_COMPILE_CACHE"
 
 def compile_cache_dir(env: Mapping[str, str]) -> Path | None:
     """Where compiled programs are kept between runs: `$ASTRA_COMPILE_CACHE` (`off` for none),
-    else the per-user cache folder (`$XDG_CACHE_HOME` or `~/.cache`, then `astra-jax/xla`)."""
+    else the per-user cache folder (`$XDG_CACHE_HOME` or `~/.cache`, then `astra-jax/programs`)."""
     value = env.get(COMPILE_CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "astra-jax" / "xla"
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "astra-jax" / "programs"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,30 +1,46 @@
-"""JAX's persistent compilation cache, and a count of what this process compiles.
+"""Compiled programs kept on disk between runs, and a count of what this process compiles.
 
 On a CPU, XLA takes seconds to compile a train step, longer than a whole epoch of a small job, and
-every process compiles again the programs the last one compiled. With the cache on, a program
-compiled once for its shapes is loaded from disk by every later process: a second run of the same
-job compiles nothing. The cache is keyed by the program, its shapes, the JAX version and the
-device, so a stale entry is never used; it is trusted code, so it lives in a per-user folder.
+every process would compile again the programs the last one compiled. `StoredJit` is `jax.jit`
+whose compiled executables are also written to a per-user folder and loaded by later processes:
+a second run of the same job compiles nothing and traces nothing. JAX's own persistent cache is
+keyed by the lowered program, so it must trace and lower each program before looking it up (about
+a second for a train step, most of a small warm job's start-up); here the key is what determines
+the program without tracing it: the source of the code that builds it, its settings, the shapes,
+dtypes and shardings of its arguments, the library versions, XLA's flags and the devices. A
+stale program is never loaded; a stored program is trusted code, so the folder is the user's own.
+JAX's cache stays off: an executable it loaded cannot be serialised again, and every program a
+job spends seconds compiling (train, eval and predict steps, the initialiser) is stored here.
 
-`CompileStats` counts through `jax.monitoring` what actually reached XLA (a program compiled, or
-loaded from the cache) and the seconds spent tracing, lowering and compiling. After each one, the
-memory the compiler freed is handed back to the operating system: glibc keeps it otherwise, and
-a few compiles would hold hundreds of MB that a CPU run never uses again.
+`CompileStats` counts what reached XLA (a program compiled, or loaded from the folder) and the
+seconds spent tracing, lowering, compiling and loading. After each compile, the memory the
+compiler freed is handed back to the operating system: glibc keeps it otherwise, and a few
+compiles would hold hundreds of MB that a CPU run never uses again.
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
+import os
+import pickle
+import time
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 from jax import monitoring
+from jax.experimental import serialize_executable
 
-CACHE_MAX_BYTES = 1 << 30  # least recently used entries go beyond this
+PROGRAMS_MAX_BYTES = 1 << 30  # least recently used programs go beyond this (~5 MB a train step)
+PROGRAM_FORMAT = 1  # bumped when what a stored program file holds changes
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # a cache hit's load included
-CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # JAX's own cache, should one be on
 
 
 @dataclass
@@ -48,6 +64,7 @@ class CompileStats:
 
 _STATS = CompileStats()
 _tracking = False
+_program_dir: Path | None = None
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
 
@@ -81,18 +98,120 @@ def compile_stats() -> CompileStats:
 
 
 def enable_compile_cache(cache_dir: Path | None) -> None:
-    """Use `cache_dir` as the persistent compilation cache (None: no cache), for programs of any
-    size and compile time: the small programs of a CPU run are worth caching too. Takes effect
-    only before the process compiles its first program."""
+    """Keep compiled programs in `cache_dir` (None: compile in every process)."""
+    global _program_dir
     track_compiles()
-    jax.config.update("jax_enable_compilation_cache", cache_dir is not None)
-    if cache_dir is None:
+    jax.config.update("jax_enable_compilation_cache", False)
+    _program_dir = cache_dir
+
+
+@lru_cache(maxsize=None)
+def source_digest(*modules: str) -> str:
+    """A digest of the source files of `modules` (dotted names): a stored program built by other
+    code must never be loaded."""
+    import importlib.util
+    h = hashlib.sha256()
+    for name in modules:
+        h.update(name.encode())
+        h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _platform() -> tuple:
+    """What beside the program decides its machine code: libraries, XLA flags, the devices."""
+    versions = tuple(metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax"))
+    config = tuple(str(getattr(jax.config, f)) for f in (
+        "jax_enable_x64", "jax_default_prng_impl", "jax_default_matmul_precision",
+        "jax_threefry_partitionable"))
+    devices = tuple((d.platform, d.device_kind) for d in jax.devices())
+    return (PROGRAM_FORMAT, versions, config, os.environ.get("XLA_FLAGS", ""), devices,
+            jax.process_count(), jax.devices()[0].client.platform_version)
+
+
+def _leaf_signature(x: Any) -> tuple:
+    sharding = getattr(x, "sharding", None)
+    return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
+            None if sharding is None else repr(sharding))
+
+
+class StoredJit:
+    """`jax.jit(fn, **jit_kwargs)` whose compiled programs are also stored on disk (see the
+    module's docstring) under `static`, which must name everything `fn` closes over that
+    changes its program: its settings and `source_digest` of the code it runs. Arguments and
+    results must be pytrees of arrays whose structure pickles (dicts, tuples, NamedTuples,
+    registered dataclasses with no static functions); a program that cannot be stored still
+    runs, compiled as by `jax.jit`."""
+
+    def __init__(self, fn: Callable, static: str, **jit_kwargs: Any):
+        self.jitted = jax.jit(fn, **jit_kwargs)
+        self.static = static
+        self._programs: dict[tuple, Any] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        signature = (treedef, tuple(_leaf_signature(x) for x in leaves))
+        program = self._programs.get(signature)
+        if program is None:
+            program = self._programs[signature] = self._load_or_compile(args)
+        return program(*args)
+
+    def clear(self) -> None:
+        """Forget the programs held in memory (a compiled CPU program holds tens of MB)."""
+        self._programs.clear()
+        self.jitted.clear_cache()
+
+    def _path(self, args: tuple) -> Path | None:
+        if _program_dir is None or jax.process_count() > 1:  # one process's devices only
+            return None
+        paths = jax.tree_util.tree_flatten_with_path(args)[0]
+        described = [(jax.tree_util.keystr(k), _leaf_signature(x)) for k, x in paths]
+        key = json.dumps([self.static, _platform(), described], default=str)
+        return _program_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.program"
+
+    def _load_or_compile(self, args: tuple) -> Any:
+        path = self._path(args)
+        if path is not None and path.exists():
+            t0 = time.perf_counter()
+            try:
+                blob, in_tree, out_tree, device_ids = pickle.loads(path.read_bytes())
+                devices = {d.id: d for d in jax.local_devices()}
+                program = serialize_executable.deserialize_and_load(
+                    blob, in_tree, out_tree, execution_devices=[devices[i] for i in device_ids])
+            except Exception:  # a torn or foreign file: compiled again and replaced below
+                program = None
+            if program is not None:
+                os.utime(path)  # recently used: evicted last
+                _STATS.programs += 1
+                _STATS.cache_hits += 1
+                _STATS.seconds += time.perf_counter() - t0
+                return program
+        hits = _STATS.cache_hits
+        program = self.jitted.lower(*args).compile()
+        if path is not None and _STATS.cache_hits == hits:  # not one JAX's cache loaded
+            _store(program, path)
+        return program
+
+
+def _store(program: Any, path: Path) -> None:
+    """Write `program` and the devices it runs on, in order, to `path` atomically, then drop the least recently used programs beyond
+    PROGRAMS_MAX_BYTES. A program that cannot be serialised is simply not stored."""
+    try:
+        devices = [d.id for d in program._executable.xla_executable.local_devices()]
+        data = pickle.dumps((*serialize_executable.serialize(program), devices))
+    except (ValueError, TypeError, AttributeError, pickle.PicklingError, NotImplementedError):
         return
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
-    # JAX would also keep XLA's GPU autotuning results in the folder, and that puts the folder's
-    # path into every cache key: a cache moved or copied elsewhere would never hit
-    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        files = sorted(path.parent.glob("*.program"), key=lambda f: f.stat().st_mtime,
+                       reverse=True)
+        total = 0
+        for f in files:
+            total += f.stat().st_size
+            if total > PROGRAMS_MAX_BYTES:
+                f.unlink(missing_ok=True)
+    except OSError:
+        pass  # a full or read-only disk costs a compile next time, nothing else

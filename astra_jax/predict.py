@@ -8,9 +8,10 @@ import jax
 import numpy as np
 
 from astra_jax.batching import Batch, labels_of, pack_batch
+from astra_jax.compilation import StoredJit, source_digest
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig
-from astra_jax.train import TrainConfig, predictions
+from astra_jax.train import PROGRAM_SOURCES, TrainConfig, predictions
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
 AVERAGED = ("agent_p", "step_p", "fail_p", "uncertainty")
@@ -22,8 +23,8 @@ def stack_members(params: list[Any]) -> Any:
 
 
 @lru_cache(maxsize=8)
-def ensemble_step(model_cfg: ModelConfig):
-    """One jitted function for any number of members: each member's probabilities, averaged.
+def ensemble_step(model_cfg: ModelConfig) -> StoredJit:
+    """One compiled function for any number of members: each member's probabilities, averaged.
     Averaging probabilities (not logits) keeps each a distribution over the trace's agents and
     steps, and damps what one seed learnt by chance."""
     model = AstraMoE(model_cfg)
@@ -34,7 +35,8 @@ def ensemble_step(model_cfg: ModelConfig):
             return {k: pred[k] for k in AVERAGED}
         return jax.tree_util.tree_map(lambda x: x.mean(0), jax.vmap(one)(stacked))
 
-    return jax.jit(step)
+    return StoredJit(step, f"predict {model_cfg!r} "
+                           f"{source_digest('astra_jax.predict', *PROGRAM_SOURCES)}")
 
 
 def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list[Featurised],

@@ -23,14 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax.training import train_state
+from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from astra_jax import RunDirError
 from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, feature_dims,
                                 is_real, labels_of, pack_batch, pack_shards, shard_bucket)
-from astra_jax.compilation import CompileStats, compile_stats, track_compiles
+from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, source_digest,
+                                   track_compiles)
 from astra_jax.features import Featurised
 from astra_jax.model import (AstraMoE, ModelConfig, Outputs, architecture,
                              segment_log_softmax)
@@ -64,7 +65,13 @@ class TrainConfig:
         return tuple(g.strip() for g in self.drop_evidence.split(",") if g.strip())
 
 
-class State(train_state.TrainState):
+@struct.dataclass
+class State:
+    """What training carries from step to step. The optimiser itself is not in it (the steps
+    close over it), so the state's structure pickles and its compiled steps can be stored."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
     rng: jax.Array
 
 
@@ -130,16 +137,26 @@ def predictions(out: Outputs, b: Batch) -> dict[str, jax.Array]:
             "uncertainty": n_steps / jnp.maximum(alpha_sum, 1.0)}
 
 
-def make_steps(cfg: TrainConfig):
-    """The jitted train and eval steps. They depend only on the model and the loss weights, so
-    runs that differ in seed or starting point (ensemble members, folds) share them and their
-    compiled code (see `_model_and_tx`)."""
-    return _make_steps(dataclasses.replace(cfg, seed=0, init="", epochs=1))
+# the code a stored train, eval or init program runs: a change to any of it compiles afresh
+PROGRAM_SOURCES = ("astra_jax.train", "astra_jax.model", "astra_jax.batching", "data_gen.dhcg",
+                   "data_gen.trace")
+
+
+def make_steps(cfg: TrainConfig, total_steps: int):
+    """The compiled train and eval steps. They depend only on the model, the loss weights and
+    the optimiser's schedule, so runs that differ in seed or starting point (ensemble members,
+    folds of one size) share them and their compiled code."""
+    return _make_steps(dataclasses.replace(cfg, seed=0, init="", epochs=1), total_steps)
+
+
+def _program_key(cfg: TrainConfig, total_steps: int) -> str:
+    return f"{cfg!r} total_steps={total_steps} {source_digest(*PROGRAM_SOURCES)}"
 
 
 @lru_cache(maxsize=4)
-def _make_steps(cfg: TrainConfig):
-    model = AstraMoE(cfg.model)
+def _make_steps(cfg: TrainConfig, total_steps: int):
+    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
+                              cfg.weight_decay)
 
     def train_step(state: State, b: Batch):
         """`b` is a stack of shards (leading axis); under a data mesh each device runs its own."""
@@ -159,7 +176,9 @@ def _make_steps(cfg: TrainConfig):
             return total_loss(parts, cfg), parts
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        state = state.apply_gradients(grads=grads).replace(rng=rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state = State(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state, rng=rng)
         return state, dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
 
     def eval_step(params, b: Batch):
@@ -168,14 +187,15 @@ def _make_steps(cfg: TrainConfig):
         parts = losses(out, b)
         return dict(parts, loss=total_loss(parts, cfg)), predictions(out, b), out
 
-    return model, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+    key = _program_key(cfg, total_steps)
+    return (model, StoredJit(train_step, f"train {key}", donate_argnums=0),
+            StoredJit(eval_step, f"eval {key}"))
 
 
 @lru_cache(maxsize=8)
 def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: int,
                   clip_norm: float, weight_decay: float):
-    """One model and optimiser object per setting: the train state's static part is then the
-    same for ensemble members and folds, so jit reuses their compiled train step."""
+    """One model and optimiser object per setting."""
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, total_steps // 2),
                                                max(total_steps, 2), lr * 0.05)
     tx = optax.chain(optax.clip_by_global_norm(clip_norm),
@@ -184,41 +204,40 @@ def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: i
 
 
 @lru_cache(maxsize=8)
-def _init_fn(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: int, clip_norm: float,
-             weight_decay: float):
-    """The train state from a seed, jitted: run eagerly, initialisation compiles each of its
+def _init_fn(cfg: TrainConfig, total_steps: int) -> StoredJit:
+    """The train state from a seed, compiled: run eagerly, initialisation compiles each of its
     hundred small operations on its own, which costs seconds and memory on a CPU."""
-    model, tx = _model_and_tx(model_cfg, lr, warmup, total_steps, clip_norm, weight_decay)
+    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
+                              cfg.weight_decay)
 
     def init(seed: jax.Array, sample: Batch) -> State:
         rng = jax.random.PRNGKey(seed)
         params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
-        return State.create(apply_fn=model.apply, params=params, tx=tx,
-                            rng=jax.random.PRNGKey(seed + 1))
+        return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     rng=jax.random.PRNGKey(seed + 1))
 
-    return jax.jit(init)
+    return StoredJit(init, f"init {_program_key(cfg, total_steps)}")
 
 
 def _init_call(cfg: TrainConfig, sample: Batch, total_steps: int):
-    """The jitted initialiser and its arguments. Parameters depend on the feature widths only,
+    """The compiled initialiser and its arguments. Parameters depend on the feature widths only,
     so it gets the smallest bucket: one program for every run of a model, whatever its data."""
     dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
-    init = _init_fn(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
-                    cfg.weight_decay)
+    init = _init_fn(dataclasses.replace(cfg, seed=0, init="", epochs=1), total_steps)
     return init, np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
 
 
 def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
     init, seed, empty = _init_call(cfg, sample, total_steps)
     state = init(seed, empty)
-    init.clear_cache()  # its compiled program holds ~100 MB on a CPU and is done with
+    init.clear()  # its compiled program holds ~100 MB on a CPU and is done with
     return state
 
 
 def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
     """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
     init, seed, empty = _init_call(cfg, sample, 2)
-    return jax.eval_shape(init, seed, empty)
+    return jax.eval_shape(init.jitted, seed, empty)
 
 
 def eval_batches(items: list[Featurised], labels: list, batch_size: int
@@ -364,11 +383,12 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     mesh = data_mesh()
     shards = resolve_shards(cfg, mesh)
     floor = smallest_full_bucket(train_feats, train_traces, cfg, shards)
-    state = init_state(cfg, sample, steps_per_epoch * cfg.epochs)
+    total_steps = steps_per_epoch * cfg.epochs
+    state = init_state(cfg, sample, total_steps)
     if cfg.init:
         state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
     state = jax.device_put(state, NamedSharding(mesh, P()))
-    _, train_step, eval_step = make_steps(cfg)
+    _, train_step, eval_step = make_steps(cfg, total_steps)
     mngr = checkpoint_manager(out_dir)
     start_epoch = 0
     if mngr.latest_step() is not None:

@@ -41,7 +41,7 @@ def train_rate(feats, labels, batch_size: int, exact: bool = False
     instead of a bucket: what a loop without bucketing compiles."""
     cfg = TrainConfig(batch_size=batch_size)
     before = COMPILES["train"]
-    _, train_step, _ = make_steps(cfg)
+    _, train_step, _ = make_steps(cfg, 100)
     dims = feature_dims(feats[0])
     packed = []
     for i in range(0, len(feats), batch_size):
@@ -67,7 +67,7 @@ def step_floor_ms(dims: tuple[int, int], repeats: int = 20) -> float:
     a step (dispatch, the optimizer update), which is all that packing traces into one step can
     save once every shape has compiled; compute per node and edge is the same either way."""
     cfg = TrainConfig(batch_size=1)
-    _, train_step, _ = make_steps(cfg)
+    _, train_step, _ = make_steps(cfg, 100)
     empty = pack_batch([], [], 1, (8, 8, 8), dims)
     state = init_state(cfg, empty, 100)
     b = jax.tree_util.tree_map(lambda x: x[None], empty)
@@ -118,7 +118,7 @@ def main() -> None:
     cfg = TrainConfig(batch_size=args.batch_size)
     sample = pack_batch(feats[:args.batch_size], labels[:args.batch_size], args.batch_size)
     params = init_state(cfg, sample, 2).params
-    _, _, eval_step = make_steps(cfg)
+    _, _, eval_step = make_steps(cfg, 2)
     before = COMPILES["eval"]
     packed = [pack_batch(feats[i:i + args.batch_size], labels[i:i + args.batch_size],
                          args.batch_size) for i in range(0, len(feats), args.batch_size)]
@@ -132,7 +132,7 @@ def main() -> None:
 
     lt = long_trace(100, traces)
     one_cfg = TrainConfig(batch_size=1)
-    _, _, one_step = make_steps(one_cfg)
+    _, _, one_step = make_steps(one_cfg, 2)
     lat_model, lat_full = [], []
     for i in range(25):
         t0 = time.perf_counter()

@@ -27,8 +27,9 @@ def data(tmp_path_factory):
     return d
 
 
-def _train(data: Path, out: Path, devices: int, epochs: int) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _train(data: Path, out: Path, devices: int, epochs: int, **env_vars: str
+           ) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     cmd = [sys.executable, "-m", "astra_cli.main", "train", str(data / "tr.jsonl"), "--val",
            str(data / "va.jsonl"), "--out", str(out), "--epochs", str(epochs), "--d-model", "32",
@@ -74,3 +75,14 @@ def test_eight_devices_match_one_and_a_killed_run_resumes(data, tmp_path):
     for ra, rc in zip(a, c):
         assert rc["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
         assert rc["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-5)
+
+
+def test_stored_programs_run_on_the_devices_they_were_compiled_for(data, tmp_path):
+    """A program stored by an eight-device run is loaded onto the same eight devices, in the
+    same order, by the next one (the initialiser runs on one of them, the steps on all)."""
+    cache = str(tmp_path / "programs")
+    for run in ("first", "second"):
+        _finish(_train(data, tmp_path / run, 8, 1, ASTRA_COMPILE_CACHE=cache))
+    first, second = _log(tmp_path / "first")[-1], _log(tmp_path / "second")[-1]
+    assert second["xla_cache_hits"] >= 3 and second["compiles"] == {"train": 0, "eval": 0}
+    assert second["train_loss"] == first["train_loss"] and second["val_loss"] == first["val_loss"]

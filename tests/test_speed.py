@@ -1,12 +1,17 @@
-"""Start-up and compilation: the persistent compile cache, commands that must not import JAX,
-and process-parallel generation from a process that runs JAX."""
+"""Start-up and compilation: the persistent compile cache, stored programs, commands that must
+not import JAX, and process-parallel generation from a process that runs JAX."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
+
 from astra_cli.main import compile_cache_dir
+from astra_jax import compilation
+from astra_jax.compilation import StoredJit, compile_stats
 from data_gen.readers import load_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
 
@@ -21,8 +26,8 @@ def astra(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_compile_cache_folder_from_the_environment(tmp_path):
     assert compile_cache_dir({"ASTRA_COMPILE_CACHE": str(tmp_path)}) == tmp_path
     assert compile_cache_dir({"ASTRA_COMPILE_CACHE": "off"}) is None
-    assert compile_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/astra-jax/xla")
-    assert compile_cache_dir({}) == Path.home() / ".cache" / "astra-jax" / "xla"
+    assert compile_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/astra-jax/programs")
+    assert compile_cache_dir({}) == Path.home() / ".cache" / "astra-jax" / "programs"
 
 
 def test_a_second_run_of_the_same_shapes_compiles_nothing(tmp_path):
@@ -40,6 +45,8 @@ def test_a_second_run_of_the_same_shapes_compiles_nothing(tmp_path):
     assert logs[0]["xla_compiled"] >= 2 and logs[0]["xla_cache_hits"] == 0
     assert logs[1]["xla_compiled"] == 0 and logs[1]["xla_cache_hits"] == logs[0]["xla_compiled"]
     assert logs[1]["train_loss"] == logs[0]["train_loss"]
+    # the stored train and eval steps were loaded, not traced again
+    assert logs[0]["compiles"]["train"] >= 1 and logs[1]["compiles"] == {"train": 0, "eval": 0}
     assert "compiled 0 XLA programs and loaded" in p.stdout
     off = astra(["train", str(tmp_path / "tr.jsonl"), "--out", str(tmp_path / "off"),
                  "--epochs", "1", "--batch-size", "4", "--d-model", "16",
@@ -70,3 +77,33 @@ def test_gen_with_workers_from_a_process_running_jax(tmp_path):
     serial = [t.trace_id for r in generate(GenConfig(n_tasks=64, seed=5, max_tools=3, workers=1))
               for t in r.traces]
     assert [t.trace_id for t in load_traces(out).traces] == serial
+
+
+def test_stored_programs_load_without_tracing_and_only_under_their_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(compilation, "_program_dir", tmp_path)
+    traced = []
+
+    def fn():  # a new function each time, as in a new process: JAX's own caches cannot help
+        def f(x, scale):
+            traced.append(x.shape)
+            return {"y": jnp.tanh(x) * scale["s"]}
+        return f
+
+    x, scale = np.arange(6, dtype=np.float32).reshape(2, 3), {"s": np.float32(2.0)}
+    want = StoredJit(fn(), "v1")(x, scale)["y"]
+    assert len(traced) == 1 and len(list(tmp_path.glob("*.program"))) == 1
+    before = compile_stats()
+    got = StoredJit(fn(), "v1")(x, scale)["y"]  # a new process would start like this
+    assert len(traced) == 1  # loaded from disk: never traced
+    assert compile_stats().since(before).cache_hits == 1
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    StoredJit(fn(), "v2")(x, scale)  # other code or settings: never the stored program
+    StoredJit(fn(), "v1")(np.ones((4, 3), np.float32), scale)  # other shapes: compiled
+    assert traced == [(2, 3), (2, 3), (4, 3)] and len(list(tmp_path.glob("*.program"))) == 3
+    for f in tmp_path.glob("*.program"):  # torn files are compiled again and replaced
+        f.write_bytes(f.read_bytes()[:100])
+    np.testing.assert_array_equal(np.asarray(StoredJit(fn(), "v1")(x, scale)["y"]),
+                                  np.asarray(want))
+    assert len(traced) == 4
+    StoredJit(fn(), "v1")(x, scale)
+    assert len(traced) == 4
