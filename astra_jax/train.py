@@ -204,11 +204,12 @@ def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: i
 
 
 @lru_cache(maxsize=8)
-def _init_fn(cfg: TrainConfig, total_steps: int) -> StoredJit:
+def _init_fn(model_cfg: ModelConfig) -> StoredJit:
     """The train state from a seed, compiled: run eagerly, initialisation compiles each of its
-    hundred small operations on its own, which costs seconds and memory on a CPU."""
-    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
-                              cfg.weight_decay)
+    hundred small operations on its own, which costs seconds and memory on a CPU. The optimiser's
+    settings enter only its updates, never its initial state, so one program serves every run
+    of a model whatever its learning rate, schedule or loss weights."""
+    model, tx = _model_and_tx(model_cfg, 1.0, 1, 2, 1.0, 1.0)  # nominal: init ignores them
 
     def init(seed: jax.Array, sample: Batch) -> State:
         rng = jax.random.PRNGKey(seed)
@@ -216,19 +217,18 @@ def _init_fn(cfg: TrainConfig, total_steps: int) -> StoredJit:
         return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.PRNGKey(seed + 1))
 
-    return StoredJit(init, f"init {_program_key(cfg, total_steps)}")
+    return StoredJit(init, f"init {model_cfg!r} {source_digest(*PROGRAM_SOURCES)}")
 
 
-def _init_call(cfg: TrainConfig, sample: Batch, total_steps: int):
+def _init_call(cfg: TrainConfig, sample: Batch):
     """The compiled initialiser and its arguments. Parameters depend on the feature widths only,
     so it gets the smallest bucket: one program for every run of a model, whatever its data."""
     dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
-    init = _init_fn(dataclasses.replace(cfg, seed=0, init="", epochs=1), total_steps)
-    return init, np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
+    return _init_fn(cfg.model), np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
 
 
-def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
-    init, seed, empty = _init_call(cfg, sample, total_steps)
+def init_state(cfg: TrainConfig, sample: Batch) -> State:
+    init, seed, empty = _init_call(cfg, sample)
     state = init(seed, empty)
     init.clear()  # its compiled program holds ~100 MB on a CPU and is done with
     return state
@@ -236,7 +236,7 @@ def init_state(cfg: TrainConfig, sample: Batch, total_steps: int) -> State:
 
 def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
     """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
-    init, seed, empty = _init_call(cfg, sample, 2)
+    init, seed, empty = _init_call(cfg, sample)
     return jax.eval_shape(init.jitted, seed, empty)
 
 
@@ -384,7 +384,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     shards = resolve_shards(cfg, mesh)
     floor = smallest_full_bucket(train_feats, train_traces, cfg, shards)
     total_steps = steps_per_epoch * cfg.epochs
-    state = init_state(cfg, sample, total_steps)
+    state = init_state(cfg, sample)
     if cfg.init:
         state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
     state = jax.device_put(state, NamedSharding(mesh, P()))
