@@ -130,9 +130,9 @@ def _platform() -> tuple:
 
 
 def _leaf_signature(x: Any) -> tuple:
-    sharding = getattr(x, "sharding", None)
-    return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
-            None if sharding is None else repr(sharding))
+    """What of an argument its program depends on (hashable; `repr` gives the stored form)."""
+    return tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)), \
+        getattr(x, "sharding", None)
 
 
 class StoredJit:
@@ -165,7 +165,7 @@ class StoredJit:
         if _program_dir is None or jax.process_count() > 1:  # one process's devices only
             return None
         paths = jax.tree_util.tree_flatten_with_path(args)[0]
-        described = [(jax.tree_util.keystr(k), _leaf_signature(x)) for k, x in paths]
+        described = [(jax.tree_util.keystr(k), repr(_leaf_signature(x))) for k, x in paths]
         key = json.dumps([self.static, _platform(), described], default=str)
         return _program_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.program"
 
@@ -194,8 +194,9 @@ class StoredJit:
 
 
 def _store(program: Any, path: Path) -> None:
-    """Write `program` and the devices it runs on, in order, to `path` atomically, then drop the least recently used programs beyond
-    PROGRAMS_MAX_BYTES. A program that cannot be serialised is simply not stored."""
+    """Write `program` and the devices it runs on, in order, to `path` atomically, then drop the
+    least recently used programs beyond PROGRAMS_MAX_BYTES. A program that cannot be serialised
+    is simply not stored."""
     try:
         devices = [d.id for d in program._executable.xla_executable.local_devices()]
         data = pickle.dumps((*serialize_executable.serialize(program), devices))
