@@ -146,7 +146,18 @@ def make_steps(cfg: TrainConfig, total_steps: int):
     """The compiled train and eval steps. They depend only on the model, the loss weights and
     the optimiser's schedule, so runs that differ in seed or starting point (ensemble members,
     folds of one size) share them and their compiled code."""
-    return _make_steps(dataclasses.replace(cfg, seed=0, init="", epochs=1), total_steps)
+    return _make_steps(program_settings(cfg), total_steps)
+
+
+def program_settings(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` less what never enters the compiled steps (seed, starting point, epochs, data
+    mixing, embedder and evidence columns, batch layout: those act on the host, or through the
+    argument shapes), so that runs differing only in them share their programs."""
+    d = TrainConfig()
+    return dataclasses.replace(cfg, seed=d.seed, init=d.init, epochs=d.epochs,
+                               real_weight=d.real_weight, embedder=d.embedder,
+                               drop_evidence=d.drop_evidence, batch_size=d.batch_size,
+                               shards=d.shards)
 
 
 def _program_key(cfg: TrainConfig, total_steps: int) -> str:
