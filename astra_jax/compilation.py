@@ -9,8 +9,9 @@ a second for a train step, most of a small warm job's start-up); here the key is
 the program without tracing it: the source of the code that builds it, its settings, the shapes,
 dtypes and shardings of its arguments, the library versions, XLA's flags and the devices. A
 stale program is never loaded; a stored program is trusted code, so the folder is the user's own.
-JAX's cache stays off: an executable it loaded cannot be serialised again, and every program a
-job spends seconds compiling (train, eval and predict steps, the initialiser) is stored here.
+JAX's own cache still serves every other program (`xla/` inside the folder: small ones, such as
+the slices a multi-device checkpoint compiles). An executable it loaded cannot be serialised
+again, so a program JAX's cache served is never stored here; it is traced and loaded as before.
 
 `CompileStats` counts what reached XLA (a program compiled, or loaded from the folder) and the
 seconds spent tracing, lowering, compiling and loading. After each compile, the memory the
@@ -36,6 +37,7 @@ from jax import monitoring
 from jax.experimental import serialize_executable
 
 PROGRAMS_MAX_BYTES = 1 << 30  # least recently used programs go beyond this (~5 MB a train step)
+XLA_CACHE_MAX_BYTES = 256 << 20  # the same for JAX's cache of the other programs
 PROGRAM_FORMAT = 1  # bumped when what a stored program file holds changes
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
@@ -98,11 +100,24 @@ def compile_stats() -> CompileStats:
 
 
 def enable_compile_cache(cache_dir: Path | None) -> None:
-    """Keep compiled programs in `cache_dir` (None: compile in every process)."""
+    """Keep compiled programs in `cache_dir` (None: compile in every process): the stored
+    programs in it, JAX's persistent cache for all others in `cache_dir/xla`, for programs of
+    any size and compile time. Takes effect only before the process compiles its first
+    program."""
     global _program_dir
     track_compiles()
-    jax.config.update("jax_enable_compilation_cache", False)
     _program_dir = cache_dir
+    jax.config.update("jax_enable_compilation_cache", cache_dir is not None)
+    if cache_dir is None:
+        return
+    (cache_dir / "xla").mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    jax.config.update("jax_compilation_cache_max_size", XLA_CACHE_MAX_BYTES)
+    # JAX would also keep XLA's GPU autotuning results in the folder, and that puts the folder's
+    # path into every cache key: a cache moved or copied elsewhere would never hit
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
 
 
 @lru_cache(maxsize=None)

@@ -6,12 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
-import numpy as np
-
 from astra_cli.main import compile_cache_dir
-from astra_jax import compilation
-from astra_jax.compilation import StoredJit, compile_stats
 from data_gen.readers import load_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
 
@@ -79,31 +74,45 @@ def test_gen_with_workers_from_a_process_running_jax(tmp_path):
     assert [t.trace_id for t in load_traces(out).traces] == serial
 
 
-def test_stored_programs_load_without_tracing_and_only_under_their_key(tmp_path, monkeypatch):
-    monkeypatch.setattr(compilation, "_program_dir", tmp_path)
-    traced = []
+STORE_CHECK = """
+import sys
+import jax.numpy as jnp, numpy as np
+from pathlib import Path
+from astra_jax import compilation
+from astra_jax.compilation import StoredJit, compile_stats
+compilation._program_dir = Path(sys.argv[1])
+traced = []
 
-    def fn():  # a new function each time, as in a new process: JAX's own caches cannot help
-        def f(x, scale):
-            traced.append(x.shape)
-            return {"y": jnp.tanh(x) * scale["s"]}
-        return f
+def fn():  # a new function each time, as in a new process: JAX's own caches cannot help
+    def f(x, scale):
+        traced.append(x.shape)
+        return {"y": jnp.tanh(x) * scale["s"]}
+    return f
 
-    x, scale = np.arange(6, dtype=np.float32).reshape(2, 3), {"s": np.float32(2.0)}
-    want = StoredJit(fn(), "v1")(x, scale)["y"]
-    assert len(traced) == 1 and len(list(tmp_path.glob("*.program"))) == 1
-    before = compile_stats()
-    got = StoredJit(fn(), "v1")(x, scale)["y"]  # a new process would start like this
-    assert len(traced) == 1  # loaded from disk: never traced
-    assert compile_stats().since(before).cache_hits == 1
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    StoredJit(fn(), "v2")(x, scale)  # other code or settings: never the stored program
-    StoredJit(fn(), "v1")(np.ones((4, 3), np.float32), scale)  # other shapes: compiled
-    assert traced == [(2, 3), (2, 3), (4, 3)] and len(list(tmp_path.glob("*.program"))) == 3
-    for f in tmp_path.glob("*.program"):  # torn files are compiled again and replaced
-        f.write_bytes(f.read_bytes()[:100])
-    np.testing.assert_array_equal(np.asarray(StoredJit(fn(), "v1")(x, scale)["y"]),
-                                  np.asarray(want))
-    assert len(traced) == 4
-    StoredJit(fn(), "v1")(x, scale)
-    assert len(traced) == 4
+x, scale = np.arange(6, dtype=np.float32).reshape(2, 3), {"s": np.float32(2.0)}
+want = StoredJit(fn(), "v1")(x, scale)["y"]
+assert len(traced) == 1 and len(list(compilation._program_dir.glob("*.program"))) == 1
+before = compile_stats()
+got = StoredJit(fn(), "v1")(x, scale)["y"]
+assert len(traced) == 1, "loaded from disk: never traced"
+assert compile_stats().since(before).cache_hits == 1
+np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+StoredJit(fn(), "v2")(x, scale)  # other code or settings: never the stored program
+StoredJit(fn(), "v1")(np.ones((4, 3), np.float32), scale)  # other shapes: compiled
+assert traced == [(2, 3), (2, 3), (4, 3)], traced
+assert len(list(compilation._program_dir.glob("*.program"))) == 3
+for f in compilation._program_dir.glob("*.program"):  # torn files: compiled again, replaced
+    f.write_bytes(f.read_bytes()[:100])
+np.testing.assert_array_equal(np.asarray(StoredJit(fn(), "v1")(x, scale)["y"]), np.asarray(want))
+assert len(traced) == 4
+StoredJit(fn(), "v1")(x, scale)
+assert len(traced) == 4
+"""
+
+
+def test_stored_programs_load_without_tracing_and_only_under_their_key(tmp_path):
+    # in a process of its own: JAX's persistent cache, which another test may have turned on in
+    # this one, serves programs that must then not be stored
+    p = subprocess.run([sys.executable, "-c", STORE_CHECK, str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
