@@ -13,7 +13,7 @@ JAX's own cache still serves every other program (`xla/` inside the folder: smal
 the slices a multi-device checkpoint compiles). An executable it loaded cannot be serialised
 again, so a program JAX's cache served is never stored here; it is traced and loaded as before.
 
-`CompileStats` counts what reached XLA (a program compiled, or loaded from the folder) and the
+`CompileStats` counts what reached XLA (a program compiled, or loaded from either cache) and the
 seconds spent tracing, lowering, compiling and loading. After each compile, the memory the
 compiler freed is handed back to the operating system: glibc keeps it otherwise, and a few
 compiles would hold hundreds of MB that a CPU run never uses again.
@@ -42,7 +42,7 @@ PROGRAM_FORMAT = 1  # bumped when what a stored program file holds changes
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # a cache hit's load included
-CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # JAX's own cache, should one be on
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # JAX's own cache
 
 
 @dataclass
