@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -124,7 +125,6 @@ def enable_compile_cache(cache_dir: Path | None) -> None:
 def source_digest(*modules: str) -> str:
     """A digest of the source files of `modules` (dotted names): a stored program built by other
     code must never be loaded."""
-    import importlib.util
     h = hashlib.sha256()
     for name in modules:
         h.update(name.encode())

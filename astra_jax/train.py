@@ -149,15 +149,17 @@ def make_steps(cfg: TrainConfig, total_steps: int):
     return _make_steps(program_settings(cfg), total_steps)
 
 
-def program_settings(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` less what never enters the compiled steps (seed, starting point, epochs, data
-    mixing, embedder and evidence columns, batch layout: those act on the host, or through the
-    argument shapes), so that runs differing only in them share their programs."""
+# settings that never enter the compiled steps: they act on the host, or through the shapes
+HOST_SETTINGS = ("seed", "init", "epochs", "real_weight", "embedder", "drop_evidence",
+                 "batch_size", "shards")
+OPTIMISER_SETTINGS = ("lr", "warmup_steps", "weight_decay", "clip_norm")  # train step only
+
+
+def program_settings(cfg: TrainConfig, ignored: tuple[str, ...] = HOST_SETTINGS) -> TrainConfig:
+    """`cfg` with the `ignored` settings at their defaults, so that runs differing only in
+    them share their programs."""
     d = TrainConfig()
-    return dataclasses.replace(cfg, seed=d.seed, init=d.init, epochs=d.epochs,
-                               real_weight=d.real_weight, embedder=d.embedder,
-                               drop_evidence=d.drop_evidence, batch_size=d.batch_size,
-                               shards=d.shards)
+    return dataclasses.replace(cfg, **{f: getattr(d, f) for f in ignored})
 
 
 def _program_key(cfg: TrainConfig, total_steps: int) -> str:
@@ -198,9 +200,8 @@ def _make_steps(cfg: TrainConfig, total_steps: int):
         parts = losses(out, b)
         return dict(parts, loss=total_loss(parts, cfg)), predictions(out, b), out
 
-    d = TrainConfig()  # the optimiser never enters the eval step: one serves every schedule
-    no_optimiser = dataclasses.replace(cfg, lr=d.lr, warmup_steps=d.warmup_steps,
-                                       weight_decay=d.weight_decay, clip_norm=d.clip_norm)
+    # the optimiser never enters the eval step: one program serves every schedule
+    no_optimiser = program_settings(cfg, HOST_SETTINGS + OPTIMISER_SETTINGS)
     return (model, StoredJit(train_step, f"train {_program_key(cfg, total_steps)}",
                              donate_argnums=0),
             StoredJit(eval_step, f"eval {_program_key(no_optimiser, 0)}"))
