@@ -6,25 +6,10 @@ for importing JAX or PyTorch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 
 from astra_cli import coarse_commands, cv_command, data_commands, demo, pipeline_commands
 from astra_jax import RunDirError
-
-
-COMPILE_CACHE_ENV = "ASTRA_COMPILE_CACHE"
-
-
-def compile_cache_dir(env: Mapping[str, str]) -> Path | None:
-    """Where compiled programs are kept between runs: `$ASTRA_COMPILE_CACHE` (`off` for none),
-    else the per-user cache folder (`$XDG_CACHE_HOME` or `~/.cache`, then `astra-jax/programs`)."""
-    value = env.get(COMPILE_CACHE_ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "astra-jax" / "programs"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "compiles", False):  # only commands that run JAX import it
-        from astra_jax.compilation import enable_compile_cache
-        enable_compile_cache(compile_cache_dir(os.environ))
+        from astra_jax.compilation import default_compile_cache
+        default_compile_cache()
     try:
         return args.func(args)
     except RunDirError as e:

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 from jax import monitoring
 from jax.experimental import serialize_executable
 
+COMPILE_CACHE_ENV = "ASTRA_COMPILE_CACHE"
 PROGRAMS_MAX_BYTES = 1 << 30  # least recently used programs go beyond this (~5 MB a train step)
 XLA_CACHE_MAX_BYTES = 256 << 20  # the same for JAX's cache of the other programs
 PROGRAM_FORMAT = 1  # bumped when what a stored program file holds changes
@@ -67,6 +68,7 @@ class CompileStats:
 
 _STATS = CompileStats()
 _tracking = False
+_configured = False
 _program_dir: Path | None = None
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
@@ -100,14 +102,31 @@ def compile_stats() -> CompileStats:
     return CompileStats(_STATS.programs, _STATS.cache_hits, _STATS.seconds)
 
 
+def compile_cache_dir(env: Mapping[str, str]) -> Path | None:
+    """Where compiled programs are kept between runs: `$ASTRA_COMPILE_CACHE` (`off` for none),
+    else the per-user cache folder (`$XDG_CACHE_HOME` or `~/.cache`, then `astra-jax/programs`)."""
+    value = env.get(COMPILE_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "astra-jax" / "programs"
+
+
+def default_compile_cache() -> None:
+    """The folder of `compile_cache_dir(os.environ)`, unless this process chose one already:
+    commands call it before they compile anything, and the first stored program calls it, so
+    a notebook or script that trains through the library keeps its programs too."""
+    if not _configured:
+        enable_compile_cache(compile_cache_dir(os.environ))
+
+
 def enable_compile_cache(cache_dir: Path | None) -> None:
     """Keep compiled programs in `cache_dir` (None: compile in every process): the stored
     programs in it, JAX's persistent cache for all others in `cache_dir/xla`, for programs of
-    any size and compile time. Takes effect only before the process compiles its first
-    program."""
-    global _program_dir
+    any size and compile time. JAX's part takes effect only before the process compiles its
+    first program."""
+    global _program_dir, _configured
     track_compiles()
-    _program_dir = cache_dir
+    _program_dir, _configured = cache_dir, True
     jax.config.update("jax_enable_compilation_cache", cache_dir is not None)
     if cache_dir is None:
         return
@@ -177,6 +196,7 @@ class StoredJit:
         self.jitted.clear_cache()
 
     def _path(self, args: tuple) -> Path | None:
+        default_compile_cache()
         if _program_dir is None or jax.process_count() > 1:  # one process's devices only
             return None
         paths = jax.tree_util.tree_flatten_with_path(args)[0]

@@ -143,16 +143,20 @@ PROGRAM_SOURCES = ("astra_jax.train", "astra_jax.model", "astra_jax.batching", "
 
 
 def make_steps(cfg: TrainConfig, total_steps: int):
-    """The compiled train and eval steps. They depend only on the model, the loss weights and
-    the optimiser's schedule, so runs that differ in seed or starting point (ensemble members,
-    folds of one size) share them and their compiled code."""
-    return _make_steps(program_settings(cfg), total_steps)
+    """The compiled train and eval steps. Their programs depend only on the model, the loss
+    weights, clipping and weight decay: the learning-rate schedule enters the train step as an
+    argument, so runs that differ in seed, starting point, length or learning rate (ensemble
+    members, folds, the final model, pre-training) share them and their compiled code."""
+    model, train_step, eval_step = _make_steps(program_settings(cfg))
+    schedule = schedule_args(cfg, total_steps)
+    return model, lambda state, b: train_step(state, b, schedule), eval_step
 
 
-# settings that never enter the compiled steps: they act on the host, or through the shapes
+# settings that never enter the compiled steps: they act on the host, through the shapes, or
+# through the schedule's arguments
 HOST_SETTINGS = ("seed", "init", "epochs", "real_weight", "embedder", "drop_evidence",
-                 "batch_size", "shards")
-OPTIMISER_SETTINGS = ("lr", "warmup_steps", "weight_decay", "clip_norm")  # train step only
+                 "batch_size", "shards", "lr", "warmup_steps")
+OPTIMISER_SETTINGS = ("weight_decay", "clip_norm")  # train step only
 
 
 def program_settings(cfg: TrainConfig, ignored: tuple[str, ...] = HOST_SETTINGS) -> TrainConfig:
@@ -162,16 +166,34 @@ def program_settings(cfg: TrainConfig, ignored: tuple[str, ...] = HOST_SETTINGS)
     return dataclasses.replace(cfg, **{f: getattr(d, f) for f in ignored})
 
 
-def _program_key(cfg: TrainConfig, total_steps: int) -> str:
-    return f"{cfg!r} total_steps={total_steps} {source_digest(*PROGRAM_SOURCES)}"
+def schedule_args(cfg: TrainConfig, total_steps: int) -> np.ndarray:
+    """The learning-rate schedule of a run of `total_steps` as the train step's argument: peak
+    rate, warm-up steps (at most half the run), decay steps."""
+    return np.array([cfg.lr, min(cfg.warmup_steps, total_steps // 2), max(total_steps, 2)],
+                    np.float32)
+
+
+def learning_rate(schedule: jax.Array, count: jax.Array) -> jax.Array:
+    """`optax.warmup_cosine_decay_schedule(0, lr, warmup, decay, end_value=lr / 20)` at
+    `count`, its settings read from `schedule` (`schedule_args`) rather than baked into the
+    program."""
+    lr, warmup, decay = schedule[0], schedule[1], schedule[2]
+    count = count.astype(jnp.float32)
+    span = decay - warmup
+    t = jnp.minimum(count - warmup, span)
+    cosine = lr * (0.95 * 0.5 * (1 + jnp.cos(jnp.pi * t / span)) + 0.05)
+    return jnp.where(count < warmup, lr * count / jnp.maximum(warmup, 1.0), cosine)
+
+
+def _program_key(cfg: TrainConfig) -> str:
+    return f"{cfg!r} {source_digest(*PROGRAM_SOURCES)}"
 
 
 @lru_cache(maxsize=4)
-def _make_steps(cfg: TrainConfig, total_steps: int):
-    model, tx = _model_and_tx(cfg.model, cfg.lr, cfg.warmup_steps, total_steps, cfg.clip_norm,
-                              cfg.weight_decay)
+def _make_steps(cfg: TrainConfig):
+    model, tx = _model_and_tx(cfg.model, cfg.clip_norm, cfg.weight_decay)
 
-    def train_step(state: State, b: Batch):
+    def train_step(state: State, b: Batch, schedule: jax.Array):
         """`b` is a stack of shards (leading axis); under a data mesh each device runs its own."""
         COMPILES["train"] += 1
         n_shards = b.graph_mask.shape[0]
@@ -190,6 +212,8 @@ def _make_steps(cfg: TrainConfig, total_steps: int):
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        rate = learning_rate(schedule, state.step)  # the step count is the optimiser's
+        updates = jax.tree.map(lambda u: u * rate, updates)
         state = State(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state, rng=rng)
         return state, dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -200,21 +224,19 @@ def _make_steps(cfg: TrainConfig, total_steps: int):
         parts = losses(out, b)
         return dict(parts, loss=total_loss(parts, cfg)), predictions(out, b), out
 
-    # the optimiser never enters the eval step: one program serves every schedule
+    # the optimiser never enters the eval step: one program serves every optimiser setting
     no_optimiser = program_settings(cfg, HOST_SETTINGS + OPTIMISER_SETTINGS)
-    return (model, StoredJit(train_step, f"train {_program_key(cfg, total_steps)}",
-                             donate_argnums=0),
-            StoredJit(eval_step, f"eval {_program_key(no_optimiser, 0)}"))
+    return (model, StoredJit(train_step, f"train {_program_key(cfg)}", donate_argnums=0),
+            StoredJit(eval_step, f"eval {_program_key(no_optimiser)}"))
 
 
 @lru_cache(maxsize=8)
-def _model_and_tx(model_cfg: ModelConfig, lr: float, warmup: int, total_steps: int,
-                  clip_norm: float, weight_decay: float):
-    """One model and optimiser object per setting."""
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, total_steps // 2),
-                                               max(total_steps, 2), lr * 0.05)
+def _model_and_tx(model_cfg: ModelConfig, clip_norm: float, weight_decay: float):
+    """One model and optimiser object per setting. The optimiser is AdamW at a unit rate (a
+    schedule of ones, so its state counts steps as a scheduled one does); the train step scales
+    its updates by `learning_rate`."""
     tx = optax.chain(optax.clip_by_global_norm(clip_norm),
-                     optax.adamw(sched, weight_decay=weight_decay))
+                     optax.adamw(lambda count: 1.0, weight_decay=weight_decay))
     return AstraMoE(model_cfg), tx
 
 
@@ -224,7 +246,7 @@ def _init_fn(model_cfg: ModelConfig) -> StoredJit:
     hundred small operations on its own, which costs seconds and memory on a CPU. The optimiser's
     settings enter only its updates, never its initial state, so one program serves every run
     of a model whatever its learning rate, schedule or loss weights."""
-    model, tx = _model_and_tx(model_cfg, 1.0, 1, 2, 1.0, 1.0)  # nominal: init ignores them
+    model, tx = _model_and_tx(model_cfg, 1.0, 1.0)  # nominal: init ignores them
 
     def init(seed: jax.Array, sample: Batch) -> State:
         rng = jax.random.PRNGKey(seed)

@@ -1,8 +1,28 @@
 import json
+import os
+import shutil
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+_OWN_PROGRAMS: list[str] = []
+
+
+def pytest_configure(config):
+    """One folder of compiled programs for the whole session, shared by both workers and every
+    process a test starts: the suite never reads or fills the user's cache, and each program is
+    compiled once per session, as on a fresh machine. Tests of the store itself use their own."""
+    if "ASTRA_TEST_PROGRAMS" not in os.environ:  # the controller; workers inherit its folder
+        folder = tempfile.mkdtemp(prefix="astra-test-programs-")
+        _OWN_PROGRAMS.append(folder)
+        os.environ["ASTRA_TEST_PROGRAMS"] = os.environ["ASTRA_COMPILE_CACHE"] = folder
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_PROGRAMS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def send_completion(handler: BaseHTTPRequestHandler, text: str, prompt_tokens: int,

@@ -8,7 +8,7 @@ from astra_jax.batching import labels_of, pack_batch
 from data_gen.dhcg import EDGE_TYPES, build_dhcg
 from astra_jax.features import HashingEmbedder, featurise
 from astra_jax.model import ModelConfig
-from astra_jax.train import COMPILES, TrainConfig, train
+from astra_jax.train import COMPILES, TrainConfig, learning_rate, schedule_args, train
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig, generate
 from data_gen.trace import Step, Task, Trace
@@ -127,6 +127,20 @@ def test_training_learns_compiles_few_times_and_resumes(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert res["best"]["val_n"] == len(va)
+
+
+def test_the_schedule_as_an_argument_is_optax_warmup_cosine():
+    """The train step reads its learning rate from an argument, so one program serves every
+    schedule; the rate must be the optax schedule a run of that length had baked in."""
+    import optax
+    for lr, warmup, total in ((2e-3, 50, 400), (1e-2, 50, 30), (5e-4, 0, 7), (1e-3, 3, 1)):
+        cfg = TrainConfig(lr=lr, warmup_steps=warmup)
+        want = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, total // 2),
+                                                  max(total, 2), lr * 0.05)
+        args = schedule_args(cfg, total)
+        for count in range(total + 3):
+            got = float(learning_rate(args, np.int32(count)))
+            assert abs(got - float(want(count))) <= 1e-6 * lr, (lr, warmup, total, count)
 
 
 def test_without_validation_data_a_short_run_checkpoints_its_end(tmp_path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from astra_cli.main import compile_cache_dir
+from astra_jax.compilation import compile_cache_dir
 from data_gen.readers import load_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
 
@@ -80,6 +80,7 @@ import jax.numpy as jnp, numpy as np
 from pathlib import Path
 from astra_jax import compilation
 from astra_jax.compilation import StoredJit, compile_stats
+compilation.enable_compile_cache(None)  # JAX's own cache off: only the store can serve
 compilation._program_dir = Path(sys.argv[1])
 traced = []
 
