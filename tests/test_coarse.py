@@ -16,6 +16,10 @@ from data_gen.trace import Step, Task, Trace
 DEV = Path(__file__).resolve().parent.parent / "data" / "who_and_when" / "Algorithm-Generated"
 TINY = TrainConfig(model=ModelConfig(d_model=32, heads=2, spatial_layers=1, temporal_layers=1,
                                      experts=2), epochs=2, batch_size=8, warmup_steps=2)
+# TINY on the command line: tests that train share its compiled programs
+TINY_ARGS = ["--d-model", "32", "--batch-size", "8", "--set", "model.heads=2", "--set",
+             "model.spatial_layers=1", "--set", "model.temporal_layers=1", "--set",
+             "model.experts=2"]
 
 
 def _sim(n, seed, **kw):
@@ -174,8 +178,7 @@ def test_cli_train_predict_attribute(tmp_path, capsys):
     write_traces(_sim(40, 6), tmp_path / "tr.jsonl")
     write_traces([t for t in _sim(12, 7) if t.variant == "fatal"], tmp_path / "va.jsonl")
     assert main(["train", str(tmp_path / "tr.jsonl"), "--val", str(tmp_path / "va.jsonl"),
-                 "--out", str(tmp_path / "run"), "--epochs", "1", "--d-model", "32",
-                 "--batch-size", "8"]) == 0
+                 "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_ARGS]) == 0
     assert main(["predict", str(DEV / "1.json"), str(DEV / "2.json"), "--run",
                  str(tmp_path / "run"), "--top-k", "2", "--out", str(tmp_path / "c.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
@@ -191,7 +194,7 @@ def test_cli_train_predict_attribute(tmp_path, capsys):
     # (the architecture is the same): the summary shows no validation scores it does not have
     assert main(["train", *[str(DEV / f"{i}.json") for i in range(1, 9)], "--init",
                  str(tmp_path / "run"), "--out", str(tmp_path / "tuned"), "--epochs", "1",
-                 "--d-model", "32", "--batch-size", "8", "--set", "model.dropout=0.2"]) == 0
+                 *TINY_ARGS, "--set", "model.dropout=0.2"]) == 0
     out = capsys.readouterr().out
     assert "final train loss" in out and "val agent acc" not in out
 
