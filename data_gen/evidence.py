@@ -70,6 +70,9 @@ _CORRECTION = re.compile(r"\b(?:incorrect|not correct|mistake|wrong|discrepanc(?
                          r"should be|inaccurate|error in)\b", re.IGNORECASE)
 _KEY_VALUE = re.compile(r"([A-Za-z][A-Za-z _-]{2,40}?)\s*(?:=|:|\bis\b|\bwas\b|\bare\b|"
                         r"\bequals\b)\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+# what every match of _KEY_VALUE contains: a text without it is not searched (a third of steps
+# have it, and the full pattern costs most of featurising)
+_KEY_VALUE_END = re.compile(r"(?:=|:|\bis\b|\bwas\b|\bare\b|\bequals\b)\s*\$?-?\d")
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 _BOLD = re.compile(r"\*\*([^*\n]{1,60})\*\*|\"([^\"\n]{2,60})\"")
 
@@ -85,6 +88,8 @@ def answer_values(text: str) -> set[str]:
 
 def key_values(text: str) -> list[tuple[frozenset[str], str]]:
     """`KEY is NUMBER` statements: the key's words of 4+ letters (lower-cased), the number."""
+    if not _KEY_VALUE_END.search(text):
+        return []
     out = []
     for key, num in _KEY_VALUE.findall(text):
         words = frozenset(w for w in key.lower().replace("_", " ").split() if len(w) >= 4)

@@ -71,6 +71,17 @@ def test_step_evidence_rules():
     assert _col(ev, "since_instruction")[4] == pytest.approx(np.log1p(4))  # step 0 names C
 
 
+def test_key_values_skip_only_texts_the_full_pattern_finds_nothing_in():
+    from data_gen import evidence
+    texts = [s.content for t in load_traces(DEV).traces + _sim(20, 9) for s in t.steps] + [
+        "Total cost\n= $1,200.50", "x is -3", "The answer:7", "isotope 5", "Price is", "a=b",
+        "Population equals 12 and area was 3.5", "Rate\t:\t$ 4"]
+    for text in texts:
+        want = [(frozenset(w for w in k.lower().replace("_", " ").split() if len(w) >= 4),
+                 n.replace(",", "")) for k, n in evidence._KEY_VALUE.findall(text)]
+        assert evidence.key_values(text) == [x for x in want if x[0]], text
+
+
 def test_evidence_is_the_same_whatever_format_a_log_came_in():
     for path in sorted(DEV.glob("*.json"))[:15]:
         t = load_traces(path).traces[0]
