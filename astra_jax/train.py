@@ -168,21 +168,25 @@ def program_settings(cfg: TrainConfig, ignored: tuple[str, ...] = HOST_SETTINGS)
 
 def schedule_args(cfg: TrainConfig, total_steps: int) -> np.ndarray:
     """The learning-rate schedule of a run of `total_steps` as the train step's argument: peak
-    rate, warm-up steps (at most half the run), decay steps."""
-    return np.array([cfg.lr, min(cfg.warmup_steps, total_steps // 2), max(total_steps, 2)],
-                    np.float32)
+    rate, warm-up steps (at most half the run), cosine decay steps after it, and the decay's
+    floor as a fraction of the peak (one twentieth) and one minus it."""
+    warmup = min(cfg.warmup_steps, total_steps // 2)
+    alpha = cfg.lr * 0.05 / cfg.lr if cfg.lr else 0.0
+    return np.array([cfg.lr, warmup, max(total_steps, 2) - warmup, alpha, 1 - alpha], np.float32)
 
 
 def learning_rate(schedule: jax.Array, count: jax.Array) -> jax.Array:
-    """`optax.warmup_cosine_decay_schedule(0, lr, warmup, decay, end_value=lr / 20)` at
-    `count`, its settings read from `schedule` (`schedule_args`) rather than baked into the
-    program."""
-    lr, warmup, decay = schedule[0], schedule[1], schedule[2]
-    count = count.astype(jnp.float32)
-    span = decay - warmup
-    t = jnp.minimum(count - warmup, span)
-    cosine = lr * (0.95 * 0.5 * (1 + jnp.cos(jnp.pi * t / span)) + 0.05)
-    return jnp.where(count < warmup, lr * count / jnp.maximum(warmup, 1.0), cosine)
+    """`optax.warmup_cosine_decay_schedule(0, lr, warmup, total, end_value=lr / 20)` at `count`,
+    its settings read from `schedule` (`schedule_args`) rather than compiled into the program.
+    The same operations in the same order, divisions written as XLA compiles optax's divisions
+    by constants (times the reciprocal), so the same rate to the bit and the same training."""
+    lr, warmup, decay, alpha, rest = (schedule[i] for i in range(5))
+    steps = warmup.astype(jnp.int32)
+    frac = 1 - jnp.clip(count, 0, steps) * (1 / jnp.maximum(warmup, 1.0))
+    warm = -lr * frac + lr
+    t = jnp.minimum(count - steps, decay)
+    cosine = lr * (rest * (0.5 * (1 + jnp.cos(jnp.pi * t * (1 / decay)))) ** 1.0 + alpha)
+    return jnp.where(count < steps, warm, cosine)
 
 
 def _program_key(cfg: TrainConfig) -> str:
