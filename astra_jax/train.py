@@ -171,6 +171,8 @@ def schedule_args(cfg: TrainConfig, total_steps: int) -> np.ndarray:
     rate, warm-up steps (at most half the run), cosine decay steps after it, and the decay's
     floor as a fraction of the peak (one twentieth) and one minus it."""
     warmup = min(cfg.warmup_steps, total_steps // 2)
+    # end over peak and one minus that in double precision, as optax computes them: not
+    # exactly 0.05 and 0.95 once rounded to float32, and the rate must be optax's to the bit
     alpha = cfg.lr * 0.05 / cfg.lr if cfg.lr else 0.0
     return np.array([cfg.lr, warmup, max(total_steps, 2) - warmup, alpha, 1 - alpha], np.float32)
 

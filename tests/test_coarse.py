@@ -16,10 +16,11 @@ from data_gen.trace import Step, Task, Trace
 DEV = Path(__file__).resolve().parent.parent / "data" / "who_and_when" / "Algorithm-Generated"
 TINY = TrainConfig(model=ModelConfig(d_model=32, heads=2, spatial_layers=1, temporal_layers=1,
                                      experts=2), epochs=2, batch_size=8, warmup_steps=2)
-# TINY on the command line: tests that train share its compiled programs
-TINY_ARGS = ["--d-model", "32", "--batch-size", "8", "--set", "model.heads=2", "--set",
-             "model.spatial_layers=1", "--set", "model.temporal_layers=1", "--set",
-             "model.experts=2"]
+# TINY's model on the command line, and TINY itself: tests that train share its programs
+TINY_MODEL_SETS = [a for f in ("heads", "spatial_layers", "temporal_layers", "experts")
+                   for a in ("--set", f"model.{f}={getattr(TINY.model, f)}")]
+TINY_ARGS = ["--d-model", str(TINY.model.d_model), "--batch-size", str(TINY.batch_size),
+             *TINY_MODEL_SETS]
 
 
 def _sim(n, seed, **kw):

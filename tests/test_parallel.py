@@ -13,9 +13,9 @@ import pytest
 
 from data_gen.readers import write_traces
 from data_gen.sim.generate import GenConfig, generate
+from tests.test_coarse import TINY, TINY_MODEL_SETS
 
-SETTINGS = ["shards=8", "warmup_steps=2", "model.heads=2", "model.spatial_layers=1",
-            "model.temporal_layers=1", "model.experts=2"]
+SETTINGS = ["--set", "shards=8", "--set", "warmup_steps=2", *TINY_MODEL_SETS]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def _train(data: Path, out: Path, devices: int, epochs: int, **env_vars: str
     env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     cmd = [sys.executable, "-m", "astra_cli.main", "train", str(data / "tr.jsonl"), "--val",
-           str(data / "va.jsonl"), "--out", str(out), "--epochs", str(epochs), "--d-model", "32",
-           "--batch-size", "16", *[a for s in SETTINGS for a in ("--set", s)]]
+           str(data / "va.jsonl"), "--out", str(out), "--epochs", str(epochs), "--d-model",
+           str(TINY.model.d_model), "--batch-size", "16", *SETTINGS]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
