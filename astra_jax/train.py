@@ -33,6 +33,7 @@ from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, fea
 from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, source_digest,
                                    track_compiles)
 from astra_jax.features import Featurised
+from astra_jax.initialise import host_params
 from astra_jax.model import (AstraMoE, ModelConfig, Outputs, architecture,
                              segment_log_softmax)
 from data_gen.trace import Trace
@@ -156,7 +157,8 @@ def make_steps(cfg: TrainConfig, total_steps: int):
 # through the schedule's arguments
 HOST_SETTINGS = ("seed", "init", "epochs", "real_weight", "embedder", "drop_evidence",
                  "batch_size", "shards", "lr", "warmup_steps")
-OPTIMISER_SETTINGS = ("weight_decay", "clip_norm")  # train step only
+OPTIMISER_SETTINGS = ("weight_decay", "clip_norm")  # the update only
+LOSS_SETTINGS = ("w_step", "w_agent", "w_mode", "w_fail", "w_balance", "w_evidence")
 
 
 def program_settings(cfg: TrainConfig, ignored: tuple[str, ...] = HOST_SETTINGS) -> TrainConfig:
@@ -197,13 +199,17 @@ def _program_key(cfg: TrainConfig) -> str:
 
 @lru_cache(maxsize=4)
 def _make_steps(cfg: TrainConfig):
+    """A train step in two programs: the gradients, compiled once per batch shape, and the
+    optimiser's update, compiled once per model (its arguments are the parameters' shapes,
+    whatever the batch). Fused, each batch shape compiled the update again: a third of a train
+    step's compile on a CPU (docs/coarse_stage.md)."""
     model, tx = _model_and_tx(cfg.model, cfg.clip_norm, cfg.weight_decay)
 
-    def train_step(state: State, b: Batch, schedule: jax.Array):
+    def grad_step(state: State, b: Batch):
         """`b` is a stack of shards (leading axis); under a data mesh each device runs its own."""
         COMPILES["train"] += 1
         n_shards = b.graph_mask.shape[0]
-        rng, drop, route = jax.random.split(state.rng, 3)
+        _, drop, route = jax.random.split(state.rng, 3)
         drop, route = jax.random.split(drop, n_shards), jax.random.split(route, n_shards)
 
         def shard_terms(params, bs, d, r):
@@ -217,12 +223,15 @@ def _make_steps(cfg: TrainConfig):
             return total_loss(parts, cfg), parts
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return grads, dict(parts, loss=loss)
+
+    def update_step(state: State, grads, schedule: jax.Array):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         rate = learning_rate(schedule, state.step)  # the step count is the optimiser's
         updates = jax.tree.map(lambda u: u * rate, updates)
         state = State(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      opt_state=opt_state, rng=rng)
-        return state, dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
+                      opt_state=opt_state, rng=jax.random.split(state.rng, 3)[0])
+        return state, optax.tree.norm(grads)
 
     def eval_step(params, b: Batch):
         COMPILES["eval"] += 1
@@ -230,10 +239,18 @@ def _make_steps(cfg: TrainConfig):
         parts = losses(out, b)
         return dict(parts, loss=total_loss(parts, cfg)), predictions(out, b), out
 
-    # the optimiser never enters the eval step: one program serves every optimiser setting
-    no_optimiser = program_settings(cfg, HOST_SETTINGS + OPTIMISER_SETTINGS)
-    return (model, StoredJit(train_step, f"train {_program_key(cfg)}", donate_argnums=0),
-            StoredJit(eval_step, f"eval {_program_key(no_optimiser)}"))
+    # the update never reads the loss weights, the gradients and evaluation the optimiser's
+    grads = StoredJit(grad_step, f"grad {_program_key(program_settings(cfg, OPTIMISER_SETTINGS))}")
+    update = StoredJit(update_step, f"update {_program_key(program_settings(cfg, LOSS_SETTINGS))}",
+                       donate_argnums=0)
+
+    def train_step(state: State, b: Batch, schedule: jax.Array):
+        g, metrics = grads(state, b)
+        state, norm = update(state, g, schedule)
+        return state, dict(metrics, grad_norm=norm)
+
+    return model, train_step, StoredJit(
+        eval_step, f"eval {_program_key(program_settings(cfg, OPTIMISER_SETTINGS))}")
 
 
 @lru_cache(maxsize=8)
@@ -246,13 +263,11 @@ def _model_and_tx(model_cfg: ModelConfig, clip_norm: float, weight_decay: float)
     return AstraMoE(model_cfg), tx
 
 
-@lru_cache(maxsize=8)
-def _init_fn(model_cfg: ModelConfig) -> StoredJit:
-    """The train state from a seed, compiled: run eagerly, initialisation compiles each of its
-    hundred small operations on its own, which costs seconds and memory on a CPU. The optimiser's
-    settings enter only its updates, never its initial state, so one program serves every run
-    of a model whatever its learning rate, schedule or loss weights."""
-    model, tx = _model_and_tx(model_cfg, 1.0, 1.0)  # nominal: init ignores them
+def _abstract_init(cfg: TrainConfig, sample: Batch):
+    """The initial state's function and its arguments. Parameters depend on the feature widths
+    only, so it gets the smallest bucket."""
+    model, tx = _model_and_tx(cfg.model, 1.0, 1.0)  # nominal: the initial state ignores them
+    dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
 
     def init(seed: jax.Array, sample: Batch) -> State:
         rng = jax.random.PRNGKey(seed)
@@ -260,27 +275,23 @@ def _init_fn(model_cfg: ModelConfig) -> StoredJit:
         return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.PRNGKey(seed + 1))
 
-    return StoredJit(init, f"init {model_cfg!r} {source_digest(*PROGRAM_SOURCES)}")
-
-
-def _init_call(cfg: TrainConfig, sample: Batch):
-    """The compiled initialiser and its arguments. Parameters depend on the feature widths only,
-    so it gets the smallest bucket: one program for every run of a model, whatever its data."""
-    dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
-    return _init_fn(cfg.model), np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
-
-
-def init_state(cfg: TrainConfig, sample: Batch) -> State:
-    init, seed, empty = _init_call(cfg, sample)
-    state = init(seed, empty)
-    init.clear()  # its compiled program holds ~100 MB on a CPU and is done with
-    return state
+    return init, np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
 
 
 def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
     """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
-    init, seed, empty = _init_call(cfg, sample)
-    return jax.eval_shape(init.jitted, seed, empty)
+    init, seed, empty = _abstract_init(cfg, sample)
+    return jax.eval_shape(init, seed, empty)
+
+
+def init_state(cfg: TrainConfig, sample: Batch) -> State:
+    """The train state at step 0, built on the host: parameters drawn by Flax's initialisers'
+    rules with NumPy (`astra_jax.initialise`), the optimiser's moments and counts at zero.
+    Compiling `model.init` instead would cost seconds of XLA per model (docs/coarse_stage.md)."""
+    shapes = abstract_state(cfg, sample)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.opt_state)
+    return State(step=np.zeros((), np.int32), params=host_params(shapes.params, cfg.seed),
+                 opt_state=zeros, rng=np.asarray(jax.random.PRNGKey(cfg.seed + 1)))
 
 
 def eval_batches(items: list[Featurised], labels: list, batch_size: int

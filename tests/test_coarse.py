@@ -151,6 +151,48 @@ def test_the_schedule_as_an_argument_is_optax_warmup_cosine():
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_the_host_drawn_initial_state_follows_flax_init():
+    """The initial parameters are drawn with NumPy by Flax's rules (astra_jax.initialise), not
+    by compiling model.init: same tree, shapes and dtypes as model.init's, constants equal and
+    random leaves of the same spread, and the optimiser's state equal to its own init."""
+    import jax
+    import pytest
+    from astra_jax.initialise import draw_leaf
+    from astra_jax.train import _abstract_init, _model_and_tx, init_state
+
+    t = load_traces(DEV / "1.json").traces[0]
+    sample = pack_batch(featurise([t], HashingEmbedder()), [labels_of(t)], 1)
+    cfg = TrainConfig()  # the default model: every kind of layer it has
+    init, seed, empty = _abstract_init(cfg, sample)
+    flax_state = jax.jit(init)(seed, empty)
+    state = init_state(cfg, sample)
+    assert jax.tree.structure(state) == jax.tree.structure(flax_state)
+    names = set()
+    for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(state.params),
+                                    jax.tree.leaves(flax_state.params)):
+        theirs = np.asarray(theirs)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, path
+        name = jax.tree_util.keystr(path[-1:], simple=True)
+        names.add(name)
+        if name in ("bias", "scale"):
+            np.testing.assert_array_equal(ours, theirs)
+        else:  # random: same spread and bound as Flax's draw
+            assert abs(ours.std() / theirs.std() - 1) < 0.1 + 3 / np.sqrt(ours.size), path
+            assert np.abs(ours).max() <= np.abs(theirs).max() * 1.5 + 1e-6, path
+    assert names == {"kernel", "bias", "scale", "embedding"}
+    _, tx = _model_and_tx(cfg.model, 1.0, 1.0)
+    for ours, theirs in zip(jax.tree.leaves(state.opt_state),
+                            jax.tree.leaves(tx.init(state.params))):
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(state.rng, flax_state.rng)
+    assert int(state.step) == 0
+    # another seed draws other numbers; an unknown kind of leaf is an error naming it
+    other = init_state(dataclasses.replace(cfg, seed=1), sample)
+    assert not np.allclose(jax.tree.leaves(other.params)[1], jax.tree.leaves(state.params)[1])
+    with pytest.raises(ValueError, match="head/gamma"):
+        draw_leaf("gamma", (2,), np.float32, np.random.default_rng(0), "head/gamma")
+
+
 def test_without_validation_data_a_short_run_checkpoints_its_end(tmp_path):
     """No epoch can be the best one without validation data: a run of short epochs saves the
     last one only, logs every epoch, and is not trained again when asked once more."""
