@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
+from data_gen.dhcg import EDGE_TYPES, build_dhcg
 from data_gen.trace import VERDICT_SCHEMA, Trace, normalise_agent as norm
 
 
@@ -126,13 +127,31 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+FIRST_INVOCATION = "first tool call or code block"
+
+
+def first_invocation(trace: Trace) -> int:
+    """Position of the first step in which a team agent (not the environment: DHCG rule R6)
+    calls a tool or hands code to an executor (rule R2's invoke edge); the team's first step
+    when none does. Where agents work by running code, the first attempt is often where a run
+    goes wrong: on the development logs this rule names the labelled agent as often as the
+    coarse model, so every table shows it."""
+    g = build_dhcg(trace)
+    invoking = set(g.senders[g.edge_type == EDGE_TYPES.index("invoke")].tolist())
+    team = [i for i in range(len(trace.steps)) if not g.agent_is_env[g.step_agent[i]]]
+    team = team or list(range(len(trace.steps)))
+    return next((i for i in team if g.step_node[i] in invoking), team[0])
+
+
 def baseline_verdicts(traces: list[Trace], ours: dict[str, dict], seed: int = 0
                       ) -> dict[str, dict[str, dict]]:
     """The trivial baselines, as verdicts: the agent with most steps and its first step; our
-    predicted agent and its first step; a random agent and one of its steps (seeded)."""
+    predicted agent and its first step; the first tool call or code block
+    (`first_invocation`); a random agent and one of its steps (seeded)."""
     rng = random.Random(seed)
     out: dict[str, dict[str, dict]] = {"most frequent agent, its first step": {},
-                                       "predicted agent, its first step": {}, "random": {}}
+                                       "predicted agent, its first step": {},
+                                       FIRST_INVOCATION: {}, "random": {}}
 
     def verdict(t: Trace, agent: str, step: int) -> dict:
         return {"schema": VERDICT_SCHEMA, "trace_id": t.trace_id, "agent": agent, "step": step,
@@ -147,6 +166,8 @@ def baseline_verdicts(traces: list[Trace], ours: dict[str, dict], seed: int = 0
         mine = next((a for a in t.agents if v and norm(a) == norm(v["agent"])), None)
         if mine is not None:
             out["predicted agent, its first step"][t.trace_id] = verdict(t, mine, first[mine])
+        s = t.steps[first_invocation(t)]
+        out[FIRST_INVOCATION][t.trace_id] = verdict(t, s.agent, s.index)
         pick = rng.choice(t.agents)
         steps = [s.index for s in t.steps if s.agent == pick]
         out["random"][t.trace_id] = verdict(t, pick, rng.choice(steps))

@@ -18,7 +18,7 @@ from pathlib import Path
 from astra_cli.coarse_commands import predict_traces
 from astra_cli.data_commands import run_gen
 from astra_cli.table import format_table
-from astra_eval.scoring import evaluate
+from astra_eval.scoring import FIRST_INVOCATION, evaluate
 from astra_jax.features import featurise, make_embedder
 from astra_jax.train import TrainConfig, train_ensemble
 from data_gen.readers import load_traces
@@ -26,7 +26,8 @@ from data_gen.sim.generate import VARIANTS, GenConfig
 from data_gen.sim.teams import TEAMS
 from data_gen.stage_files import coarse_verdict
 
-BASELINES = ("predicted agent, its first step", "most frequent agent, its first step", "random")
+BASELINES = ("predicted agent, its first step", "most frequent agent, its first step",
+             FIRST_INVOCATION, "random")
 
 
 def main() -> int:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astra_eval.scoring import (area_under_risk_coverage, baseline_verdicts, evaluate,
-                                expected_calibration_error, risk_coverage)
+from astra_eval.scoring import (FIRST_INVOCATION, area_under_risk_coverage, baseline_verdicts,
+                                evaluate, expected_calibration_error, first_invocation,
+                                risk_coverage)
 from data_gen.readers import load_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
 from data_gen.trace import Label, Step, Task, Trace
@@ -78,6 +79,28 @@ def test_baselines_follow_their_rules():
     for t in TRACES:  # random: an agent of the run and one of its own steps
         r = b["random"][t.trace_id]
         assert t.steps[r["step"]].agent == r["agent"]
+    fi = b[FIRST_INVOCATION]  # no code, no tool: the team's first step
+    assert (fi["a"]["agent"], fi["a"]["step"]) == ("X", 0)
+
+
+def test_the_first_invocation_baseline_skips_the_environment():
+    """The first step that runs code or calls a tool, by a team agent: the executor's own
+    reports (exit codes) never count, and neither does a step before the first invocation."""
+    code = "```python\nprint(42)\n```"
+    t = Trace("c", Task("q"), (
+        Step(0, "Computer_terminal", "exitcode: 1 (execution failed)"),
+        Step(1, "Planner", "plan: compute the answer"),
+        Step(2, "Coder", f"Here is the code:\n{code}"),
+        Step(3, "Computer_terminal", "exitcode: 0 (execution succeeded)\nCode output: 42"),
+        Step(4, "Planner", f"Check it again:\n{code}")), label=Label("Coder", 2))
+    assert first_invocation(t) == 2
+    quiet = Trace("d", Task("q"), (Step(0, "Computer_terminal", "exitcode: 0"),
+                                   Step(1, "Planner", "the answer is 4"),
+                                   Step(2, "Computer_terminal", "exitcode: 1")),
+                  label=Label("Planner", 1))
+    assert first_invocation(quiet) == 1  # nothing invoked: the team's first step
+    b = baseline_verdicts([t, quiet], {}, seed=0)[FIRST_INVOCATION]
+    assert (b["c"]["agent"], b["c"]["step"], b["d"]["agent"]) == ("Coder", 2, "Planner")
 
 
 def test_eval_cli_reports_bad_lines_and_scores_the_rest(tmp_path, capsys):
