@@ -26,9 +26,10 @@ import importlib.util
 import json
 import os
 import pickle
+import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -169,25 +170,48 @@ def _leaf_signature(x: Any) -> tuple:
         getattr(x, "sharding", None)
 
 
+def shared_programs(maxsize: int) -> Callable[[Callable], Callable]:
+    """`lru_cache(maxsize)` for a function that builds `StoredJit`s from settings, computed under
+    a lock: threads asking for the same settings at once get the same objects, so each program
+    compiles once."""
+    def decorate(fn: Callable) -> Callable:
+        cached, lock = lru_cache(maxsize=maxsize)(fn), threading.Lock()
+
+        @wraps(fn)
+        def build(*args: Any) -> Any:
+            with lock:
+                return cached(*args)
+        return build
+    return decorate
+
+
 class StoredJit:
     """`jax.jit(fn, **jit_kwargs)` whose compiled programs are also stored on disk (see the
     module's docstring) under `static`, which must name everything `fn` closes over that
     changes its program: its settings and `source_digest` of the code it runs. Arguments and
     results must be pytrees of arrays whose structure pickles (dicts, tuples, NamedTuples,
     registered dataclasses with no static functions); a program that cannot be stored still
-    runs, compiled as by `jax.jit`."""
+    runs, compiled as by `jax.jit`. Threads may share one: a program two of them need at once
+    is compiled by the first while the other waits for it."""
 
     def __init__(self, fn: Callable, static: str, **jit_kwargs: Any):
         self.jitted = jax.jit(fn, **jit_kwargs)
         self.static = static
         self._programs: dict[tuple, Any] = {}
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
         leaves, treedef = jax.tree_util.tree_flatten(args)
         signature = (treedef, tuple(_leaf_signature(x) for x in leaves))
         program = self._programs.get(signature)
         if program is None:
-            program = self._programs[signature] = self._load_or_compile(args)
+            with self._lock:
+                lock = self._locks.setdefault(signature, threading.Lock())
+            with lock:
+                program = self._programs.get(signature)
+                if program is None:
+                    program = self._programs[signature] = self._load_or_compile(args)
         return program(*args)
 
     def clear(self) -> None:

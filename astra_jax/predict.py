@@ -1,14 +1,13 @@
 """Prediction: top-K candidates per trace (the `astra.candidates/v1` contract of DESIGN.md)."""
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import jax
 import numpy as np
 
 from astra_jax.batching import Batch, labels_of, pack_batch
-from astra_jax.compilation import StoredJit, source_digest
+from astra_jax.compilation import StoredJit, shared_programs, source_digest
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig
 from astra_jax.train import PROGRAM_SOURCES, TrainConfig, predictions
@@ -22,7 +21,7 @@ def stack_members(params: list[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *params)
 
 
-@lru_cache(maxsize=8)
+@shared_programs(maxsize=8)
 def ensemble_step(model_cfg: ModelConfig) -> StoredJit:
     """One compiled function for any number of members: each member's probabilities, averaged.
     Averaging probabilities (not logits) keeps each a distribution over the trace's agents and

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from astra_jax import RunDirError
 from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, feature_dims,
                                 is_real, labels_of, pack_batch, pack_shards, shard_bucket)
-from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, source_digest,
-                                   track_compiles)
+from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, shared_programs,
+                                   source_digest, track_compiles)
 from astra_jax.features import Featurised
 from astra_jax.initialise import host_params
 from astra_jax.model import (AstraMoE, ModelConfig, Outputs, architecture,
@@ -197,7 +197,7 @@ def _program_key(cfg: TrainConfig) -> str:
     return f"{cfg!r} {source_digest(*PROGRAM_SOURCES)}"
 
 
-@lru_cache(maxsize=4)
+@shared_programs(maxsize=4)
 def _make_steps(cfg: TrainConfig):
     """A train step in two programs: the gradients, compiled once per batch shape, and the
     optimiser's update, compiled once per model (its arguments are the parameters' shapes,
@@ -413,17 +413,22 @@ def epoch_order(traces: list[Trace], cfg: TrainConfig, epoch: int) -> np.ndarray
 
 
 def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
-    # ties (e.g. a run without validation data) go to the later epoch, as `is_better` says
+    """Ties (e.g. a run without validation data) go to the later epoch, as `is_better` says.
+    Saving is synchronous: training waits for each save anyway, and orbax's asynchronous
+    saves from two threads of one process (cross-validation's folds) wait on each other's
+    signals until they time out."""
     opts = ocp.CheckpointManagerOptions(max_to_keep=2,
                                         best_fn=lambda m: m["val_step_acc"] + 1e-6 * m["epoch"],
                                         best_mode="max", keep_checkpoints_without_metrics=False,
-                                        create=True)
+                                        create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(out_dir.resolve() / "checkpoints", options=opts)
 
 
 def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featurised],
           val_traces: list[Trace], val_feats: list[Featurised], out_dir: Path,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, label: str = "") -> dict[str, Any]:
+    """Train one model into `out_dir`, resuming from its last checkpoint. `label` prefixes its
+    progress lines, so that runs trained at once (cross-validation's folds) can be told apart."""
     track_compiles()
     compiled_before = compile_stats()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -448,7 +453,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     if mngr.latest_step() is not None:
         restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
         state, start_epoch = restored, int(mngr.latest_step())
-        print(f"resuming from epoch {start_epoch}", file=sys.stderr)
+        print(f"{label}resuming from epoch {start_epoch}", file=sys.stderr)
         keep_log_until(out_dir / "metrics.jsonl", start_epoch)
     lead = jax.process_index() == 0  # one process of a multi-host run writes the log
     best = best_record(out_dir / "metrics.jsonl") if start_epoch else {}
@@ -459,7 +464,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards, floor),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   total=steps_per_epoch, desc=f"{label}epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, file=sys.stderr)
         steps = []
         for b in bar:  # packing the next batch overlaps this step: nothing waits for it here
@@ -493,7 +498,8 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         if is_better(rec, best):
             best = rec
         if progress and lead:
-            print(epoch_line(epoch + 1, train_m, val_m if val_feats else None), file=sys.stderr)
+            print(label + epoch_line(epoch + 1, train_m, val_m if val_feats else None),
+                  file=sys.stderr)
     log.close()
     mngr.close()
     return {"state": state, "best": best}
@@ -547,7 +553,7 @@ def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
 
 
 def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: list[Featurised],
-                  out_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
+                  out_dir: Path, progress: bool = True, label: str = "") -> list[dict[str, Any]]:
     """One model per spec, their probabilities averaged at prediction. Members may differ in
     training settings and data (a model fine-tuned from the simulated one beside one trained
     on real logs alone), not in architecture, embedder or evidence. One member trains in
@@ -560,14 +566,14 @@ def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: l
         raise ValueError("ensemble members must share their model, embedder and evidence")
     if len(specs) == 1:
         s = specs[0]
-        return [train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir, progress)]
+        return [train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir, progress, label)]
     results = []
     for i, s in enumerate(specs):
         if progress:
-            print(f"member {i + 1}/{len(specs)} (seed {s.cfg.seed}, {len(s.traces)} traces"
+            print(f"{label}member {i + 1}/{len(specs)} (seed {s.cfg.seed}, {len(s.traces)} traces"
                   f"{', from ' + s.cfg.init if s.cfg.init else ''})", file=sys.stderr)
         results.append(train(s.cfg, s.traces, s.feats, val_traces, val_feats,
-                             out_dir / f"member-{i + 1}", progress))
+                             out_dir / f"member-{i + 1}", progress, label))
     return results
 
 

@@ -134,6 +134,10 @@ def test_cross_validation_never_tests_on_training_logs(tmp_path, capsys):
     assert "### Spread over 3 folds" in (tmp_path / "cv" / "eval.md").read_text()
     cands = (tmp_path / "cv" / "candidates.jsonl").read_text().splitlines()
     assert len(cands) == 12
+    # the folds trained two at once (the default) score exactly as one at a time
+    cross_validate(logs, sim, cfg, 3, 1, tmp_path / "serial", progress=False, jobs=1)
+    assert (tmp_path / "serial" / "candidates.jsonl").read_text().splitlines() == [
+        c.replace(str(tmp_path / "cv"), str(tmp_path / "serial")) for c in cands]
 
     # folds are stratified by the labelled agent and reproducible
     all_logs = load_traces(DEV).traces
