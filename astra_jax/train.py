@@ -239,7 +239,8 @@ def _make_steps(cfg: TrainConfig):
         parts = losses(out, b)
         return dict(parts, loss=total_loss(parts, cfg)), predictions(out, b), out
 
-    # the update never reads the loss weights, the gradients and evaluation the optimiser's
+    # the gradients and evaluation never read the optimiser's settings, nor the update the loss
+    # weights: runs that differ only in those share these programs
     grads = StoredJit(grad_step, f"grad {_program_key(program_settings(cfg, OPTIMISER_SETTINGS))}")
     update = StoredJit(update_step, f"update {_program_key(program_settings(cfg, LOSS_SETTINGS))}",
                        donate_argnums=0)
