@@ -9,6 +9,12 @@ from astra_cli.data_commands import positive_int
 from astra_cli.table import format_table
 from data_gen.readers import load_valid_traces
 
+# models trained at once where a command trains several (ensemble members, cross-validation's
+# folds), on one device: on a CPU one training keeps about 1.6 cores busy (XLA's threads wait on
+# the host between small operations), and two at once finish a 5-fold cross-validation 17%
+# sooner on two cores (docs/coarse_stage.md)
+DEFAULT_JOBS = 2
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train the coarse graph model on labelled traces")
@@ -36,6 +42,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--members", type=positive_int, default=1,
                    help="train an ensemble of this many models, seeds SEED, SEED+1, ...; "
                    "prediction averages them (steadier on real logs, N times the training)")
+    t.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS,
+                   help="ensemble members trained at once on one device (threads sharing the "
+                   "compiled programs; the models do not depend on it)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field, e.g. shards=8, warmup_steps=10, model.heads=8")
     t.add_argument("--distributed", action="store_true",
@@ -93,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     emb = make_embedder(cfg.embedder)
     cache = args.out / "feature_cache"
     results = train_ensemble(cfg, args.members, tr, featurise(tr, emb, cache, True, cfg.dropped),
-                             va, featurise(va, emb, cache, True, cfg.dropped), args.out)
+                             va, featurise(va, emb, cache, True, cfg.dropped), args.out,
+                             jobs=args.jobs)
     if va:
         rows = [(cfg.seed + i, r["best"]["epoch"], r["best"]["val_agent_acc"],
                  r["best"]["val_step_acc"], r["best"]["val_agent_top3"], r["best"]["val_ece"])

@@ -16,15 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from astra_cli.coarse_commands import predict_traces, train_config, usable_for_training
+from astra_cli.coarse_commands import (DEFAULT_JOBS, predict_traces, train_config,
+                                       usable_for_training)
 from astra_cli.data_commands import positive_int
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, write_stage_file
 from data_gen.trace import Trace
-
-# folds trained at once: on a CPU one training keeps about 1.6 cores busy (XLA's threads wait on
-# the host between small operations), so two at once use a 2-core machine fully
-DEFAULT_JOBS = 2
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cv", help="k-fold cross-validated strict scores on labelled real logs")
@@ -111,7 +108,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
     from astra_eval.markdown import cv_markdown
     from astra_eval.scoring import evaluate
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import train_members
+    from astra_jax.train import concurrent_trainings, train_members
 
     folds = stratified_folds(logs, k, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +136,8 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
         return fold_cands, evaluate([logs[j] for j in folds[i]], {"ours": verdicts},
                                     fold_cands, top_k)["overall"]
 
-    with ThreadPoolExecutor(max(1, min(jobs, k))) as pool:
+    jobs = concurrent_trainings(jobs)
+    with ThreadPoolExecutor(min(jobs, k)) as pool:
         results = list(pool.map(run_fold, range(k)))
     cands = {tid: c for fold_cands, _ in results for tid, c in fold_cands.items()}
     fold_rows = [row for _, row in results]

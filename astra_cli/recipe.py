@@ -45,6 +45,7 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     """Train `out/sim_coarse`, cross-validate into `out/cv`, fine-tune `out/coarse`; returns
     their paths and the cross-validation report. `base` (a TrainConfig; default: the
     defaults) gives the model and every setting the recipe does not set."""
+    from astra_cli.coarse_commands import DEFAULT_JOBS
     from astra_cli.cv_command import cross_validate, member_specs, real_only_config
     from astra_jax.features import featurise, make_embedder
     from astra_jax.train import TrainConfig, train_ensemble, train_members
@@ -56,7 +57,8 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
         f"{len(sim_train)} simulated traces")
     cache = sim_run / "feature_cache"
     train_ensemble(cfg, recipe.members, sim_train, featurise(sim_train, emb, cache, progress),
-                   sim_val, featurise(sim_val, emb, cache, progress), sim_run, progress)
+                   sim_val, featurise(sim_val, emb, cache, progress), sim_run, progress,
+                   jobs=DEFAULT_JOBS)
     real_cfg = dataclasses.replace(cfg, epochs=recipe.real_epochs, init=str(sim_run.resolve()),
                                    real_weight=recipe.real_weight)
     real_only = real_only_config(cfg, recipe.real_only_epochs)
@@ -72,5 +74,6 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
         f"{len(replay)} simulated traces{paired}")
     feats = featurise(replay + real, emb, run / "feature_cache", progress)
     train_members(member_specs(real_cfg, real_only, recipe.members, replay, feats[:len(replay)],
-                               real, feats[len(replay):]), [], [], run, progress)
+                               real, feats[len(replay):]), [], [], run, progress,
+                  jobs=DEFAULT_JOBS)
     return {"sim_run": sim_run, "run": run, "cv": cv}

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -543,22 +544,30 @@ def ensemble_specs(cfg: TrainConfig, members: int, traces: list[Trace],
 
 def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
                    train_feats: list[Featurised], val_traces: list[Trace],
-                   val_feats: list[Featurised], out_dir: Path, progress: bool = True
-                   ) -> list[dict[str, Any]]:
-    """`members` models that differ only in their seed; prediction averages their
-    probabilities. On simulated data the members agree; on real logs each seed learns
-    different accidents of the simulator, and their average is steadier than any one
-    (docs/coarse_stage.md)."""
+                   val_feats: list[Featurised], out_dir: Path, progress: bool = True,
+                   jobs: int = 1) -> list[dict[str, Any]]:
+    """`members` models that differ only in their seed, `jobs` of them trained at once;
+    prediction averages their probabilities. On simulated data the members agree; on real logs
+    each seed learns different accidents of the simulator, and their average is steadier than
+    any one (docs/coarse_stage.md)."""
     specs = ensemble_specs(cfg, members, train_traces, train_feats)
-    return train_members(specs, val_traces, val_feats, out_dir, progress)
+    return train_members(specs, val_traces, val_feats, out_dir, progress, jobs=jobs)
+
+
+def concurrent_trainings(jobs: int) -> int:
+    """How many trainings may run at once in this process: `jobs` on one device; one when each
+    spans several devices or processes, whose collectives must run in one order everywhere."""
+    return max(1, jobs) if jax.device_count() == 1 else 1
 
 
 def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: list[Featurised],
-                  out_dir: Path, progress: bool = True, label: str = "") -> list[dict[str, Any]]:
+                  out_dir: Path, progress: bool = True, label: str = "", jobs: int = 1
+                  ) -> list[dict[str, Any]]:
     """One model per spec, their probabilities averaged at prediction. Members may differ in
     training settings and data (a model fine-tuned from the simulated one beside one trained
     on real logs alone), not in architecture, embedder or evidence. One member trains in
-    `out_dir` itself, several in `member-N`."""
+    `out_dir` itself, several in `member-N`, `jobs` of them at once (threads sharing the
+    compiled programs; each member's result does not depend on it)."""
     single, ensemble = (out_dir / "config.json").exists(), any(out_dir.glob("member-*"))
     if (len(specs) == 1 and ensemble) or (len(specs) > 1 and single):
         raise RunDirError(f"{out_dir} holds {'an ensemble' if ensemble else 'a single model'}; "
@@ -568,14 +577,17 @@ def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: l
     if len(specs) == 1:
         s = specs[0]
         return [train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir, progress, label)]
-    results = []
-    for i, s in enumerate(specs):
+
+    def member(i: int) -> dict[str, Any]:
+        s = specs[i]
         if progress:
             print(f"{label}member {i + 1}/{len(specs)} (seed {s.cfg.seed}, {len(s.traces)} traces"
                   f"{', from ' + s.cfg.init if s.cfg.init else ''})", file=sys.stderr)
-        results.append(train(s.cfg, s.traces, s.feats, val_traces, val_feats,
-                             out_dir / f"member-{i + 1}", progress, label))
-    return results
+        return train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir / f"member-{i + 1}",
+                     progress, f"{label}member {i + 1} " if jobs > 1 else label)
+
+    with ThreadPoolExecutor(min(concurrent_trainings(jobs), len(specs))) as pool:
+        return list(pool.map(member, range(len(specs))))
 
 
 def member_dirs(run_dir: Path) -> list[Path]:
