@@ -12,7 +12,6 @@ import dataclasses
 import json
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
     from astra_eval.markdown import cv_markdown
     from astra_eval.scoring import evaluate
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import concurrent_trainings, train_members
+    from astra_jax.train import concurrent_trainings, concurrently, train_members
 
     folds = stratified_folds(logs, k, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +136,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, k: int, members: in
                                     fold_cands, top_k)["overall"]
 
     jobs = concurrent_trainings(jobs)
-    with ThreadPoolExecutor(min(jobs, k)) as pool:
-        results = list(pool.map(run_fold, range(k)))
+    results = concurrently(run_fold, k, jobs)
     cands = {tid: c for fold_cands, _ in results for tid, c in fold_cands.items()}
     fold_rows = [row for _, row in results]
     write_stage_file((cands[t] for t in ids), out / "candidates.jsonl")

@@ -3,12 +3,13 @@
 On a CPU, XLA takes seconds to compile a train step, longer than a whole epoch of a small job, and
 every process would compile again the programs the last one compiled. `StoredJit` is `jax.jit`
 whose compiled executables are also written to a per-user folder and loaded by later processes:
-a second run of the same job compiles nothing and traces nothing. JAX's own persistent cache is
-keyed by the lowered program, so it must trace and lower each program before looking it up (about
-a second for a train step, most of a small warm job's start-up); here the key is what determines
-the program without tracing it: the source of the code that builds it, its settings, the shapes,
-dtypes and shardings of its arguments, the library versions, XLA's flags and the devices. A
-stale program is never loaded; a stored program is trusted code, so the folder is the user's own.
+a second run of the same job compiles nothing and traces none of its steps. JAX's own
+persistent cache is keyed by the lowered program, so it must trace and lower each program before
+looking it up (about a second for a train step, most of a small warm job's start-up); here the
+key is what determines the program without tracing it: the source of the code that builds it,
+its settings, the shapes, dtypes and shardings of its arguments, the library versions, XLA's
+flags and the devices. A stale program is never loaded; a stored program is trusted code, so
+the folder is the user's own.
 JAX's own cache still serves every other program (`xla/` inside the folder: small ones, such as
 the slices a multi-device checkpoint compiles). An executable it loaded cannot be serialised
 again, so a program JAX's cache served is never stored here; it is traced and loaded as before.
@@ -69,6 +70,7 @@ class CompileStats:
 
 _STATS = CompileStats()
 _tracking = False
+_TRACKING_LOCK = threading.Lock()
 _configured = False
 _program_dir: Path | None = None
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
@@ -92,10 +94,11 @@ def track_compiles() -> None:
     """Start counting compilations in this process and trimming memory after each (once; later
     calls do nothing)."""
     global _tracking
-    if not _tracking:
-        monitoring.register_event_duration_secs_listener(_on_duration)
-        monitoring.register_event_listener(_on_event)
-        _tracking = True
+    with _TRACKING_LOCK:  # trainings in two threads may both start it
+        if not _tracking:
+            monitoring.register_event_duration_secs_listener(_on_duration)
+            monitoring.register_event_listener(_on_event)
+            _tracking = True
 
 
 def compile_stats() -> CompileStats:
@@ -214,11 +217,6 @@ class StoredJit:
                     program = self._programs[signature] = self._load_or_compile(args)
         return program(*args)
 
-    def clear(self) -> None:
-        """Forget the programs held in memory (a compiled CPU program holds tens of MB)."""
-        self._programs.clear()
-        self.jitted.clear_cache()
-
     def _path(self, args: tuple) -> Path | None:
         default_compile_cache()
         if _program_dir is None or jax.process_count() > 1:  # one process's devices only
@@ -263,7 +261,7 @@ def _store(program: Any, path: Path) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         tmp.write_bytes(data)
         tmp.replace(path)
         files = sorted(path.parent.glob("*.program"), key=lambda f: f.stat().st_mtime,

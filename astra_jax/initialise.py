@@ -36,6 +36,9 @@ def truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nda
 
 def draw_leaf(name: str, shape: tuple[int, ...], dtype: Any, rng: np.random.Generator,
               path: str) -> np.ndarray:
+    if name in ("kernel", "embedding") and len(shape) != 2:  # fan-in below assumes a matrix
+        raise ValueError(f"parameter {path}: a {len(shape)}-axis {name}; only matrices have a "
+                         f"host initialiser")
     if name == "kernel":
         x = truncated_normal(rng, shape) * (np.sqrt(1.0 / shape[-2]) / TRUNCATED_STD)
     elif name == "embedding":

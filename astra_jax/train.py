@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -139,7 +139,7 @@ def predictions(out: Outputs, b: Batch) -> dict[str, jax.Array]:
             "uncertainty": n_steps / jnp.maximum(alpha_sum, 1.0)}
 
 
-# the code a stored train, eval or init program runs: a change to any of it compiles afresh
+# the code a stored train or eval program runs: a change to any of it compiles afresh
 PROGRAM_SOURCES = ("astra_jax.train", "astra_jax.model", "astra_jax.batching", "data_gen.dhcg",
                    "data_gen.trace")
 
@@ -206,11 +206,11 @@ def _make_steps(cfg: TrainConfig):
     step's compile on a CPU (docs/coarse_stage.md)."""
     model, tx = _model_and_tx(cfg.model, cfg.clip_norm, cfg.weight_decay)
 
-    def grad_step(state: State, b: Batch):
+    def grad_step(params, rng: jax.Array, b: Batch):
         """`b` is a stack of shards (leading axis); under a data mesh each device runs its own."""
         COMPILES["train"] += 1
         n_shards = b.graph_mask.shape[0]
-        _, drop, route = jax.random.split(state.rng, 3)
+        _, drop, route = jax.random.split(rng, 3)
         drop, route = jax.random.split(drop, n_shards), jax.random.split(route, n_shards)
 
         def shard_terms(params, bs, d, r):
@@ -223,7 +223,7 @@ def _make_steps(cfg: TrainConfig):
             parts = reduce_terms(terms)
             return total_loss(parts, cfg), parts
 
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, dict(parts, loss=loss)
 
     def update_step(state: State, grads, schedule: jax.Array):
@@ -247,7 +247,7 @@ def _make_steps(cfg: TrainConfig):
                        donate_argnums=0)
 
     def train_step(state: State, b: Batch, schedule: jax.Array):
-        g, metrics = grads(state, b)
+        g, metrics = grads(state.params, state.rng, b)
         state, norm = update(state, g, schedule)
         return state, dict(metrics, grad_norm=norm)
 
@@ -560,6 +560,21 @@ def concurrent_trainings(jobs: int) -> int:
     return max(1, jobs) if jax.device_count() == 1 else 1
 
 
+def concurrently(fn: Callable[[int], Any], n: int, jobs: int) -> list[Any]:
+    """`[fn(i) for i in range(n)]`, up to `concurrent_trainings(jobs)` calls at a time in
+    threads. On an error or Ctrl-C the calls not yet started are dropped, and the ones running
+    finish before it is raised."""
+    workers = min(concurrent_trainings(jobs), n)
+    if workers <= 1:
+        return [fn(i) for i in range(n)]
+    pool = ThreadPoolExecutor(workers)
+    futures = [pool.submit(fn, i) for i in range(n)]
+    try:
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: list[Featurised],
                   out_dir: Path, progress: bool = True, label: str = "", jobs: int = 1
                   ) -> list[dict[str, Any]]:
@@ -577,6 +592,7 @@ def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: l
     if len(specs) == 1:
         s = specs[0]
         return [train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir, progress, label)]
+    jobs = concurrent_trainings(jobs)
 
     def member(i: int) -> dict[str, Any]:
         s = specs[i]
@@ -586,8 +602,7 @@ def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: l
         return train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir / f"member-{i + 1}",
                      progress, f"{label}member {i + 1} " if jobs > 1 else label)
 
-    with ThreadPoolExecutor(min(concurrent_trainings(jobs), len(specs))) as pool:
-        return list(pool.map(member, range(len(specs))))
+    return concurrently(member, len(specs), jobs)
 
 
 def member_dirs(run_dir: Path) -> list[Path]:

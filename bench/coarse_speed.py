@@ -51,7 +51,8 @@ def train_rate(feats, labels, batch_size: int, exact: bool = False
             packed.append(jax.tree_util.tree_map(lambda x: x[None], b))
         else:
             packed.append(pack_shards(f, lab, batch_size, 1, dims))
-    state = init_state(cfg, pack_batch(feats[:batch_size], labels[:batch_size], batch_size))
+    state = jax.device_put(init_state(cfg, pack_batch(feats[:batch_size], labels[:batch_size],
+                                                      batch_size)))
     rates = []
     for _ in range(2):
         t0 = time.perf_counter()
@@ -69,7 +70,7 @@ def step_floor_ms(dims: tuple[int, int], repeats: int = 20) -> float:
     cfg = TrainConfig(batch_size=1)
     _, train_step, _ = make_steps(cfg, 100)
     empty = pack_batch([], [], 1, (8, 8, 8), dims)
-    state = init_state(cfg, empty)
+    state = jax.device_put(init_state(cfg, empty))
     b = jax.tree_util.tree_map(lambda x: x[None], empty)
     times = []
     for _ in range(repeats + 1):

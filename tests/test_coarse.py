@@ -277,6 +277,10 @@ def test_an_ensemble_averages_its_members(tmp_path, capsys):
     k = 10  # every agent, so that each member scores all of them
     ens = predict_traces(run, logs, k)
     parts = [predict_traces(d, logs, k) for d in dirs]
+    # two members trained at once are the same models as one after the other
+    train_ensemble(one, 2, tr, ftr, va, fva, tmp_path / "ens2", progress=False, jobs=2)
+    for e, e2 in zip(ens, predict_traces(tmp_path / "ens2", logs, k)):
+        assert (e["agents"], e["failure_prob"]) == (e2["agents"], e2["failure_prob"])
     for e, a, b in zip(ens, *parts):
         score = {x["agent"]: x["score"] for x in e["agents"]}
         for x, y in zip(sorted(a["agents"], key=lambda x: x["agent"]),
