@@ -325,3 +325,28 @@ def test_path_dropout_leaves_a_real_log_to_the_linear_evidence_path():
         train_gap = np.abs(train_out[0][steps] - train_out[1][steps]).max()
         assert (train_gap < 1e-5) if real else (train_gap > 1e-4)
         assert np.abs(eval_out[0][steps] - eval_out[1][steps]).max() > 1e-4
+
+
+def test_concurrent_trainings_stop_starting_after_a_failure():
+    """Folds and members run two at a time; when one fails, those not yet started are dropped
+    and the error is raised once the running ones end."""
+    import threading
+    import time
+
+    import pytest
+    from astra_jax.train import concurrently
+
+    started, lock = [], threading.Lock()
+
+    def job(i):
+        with lock:
+            started.append(i)
+        if i == 0:
+            raise FloatingPointError("fold 1 diverged")
+        time.sleep(1.0)  # long enough for the failure to cancel what is queued
+        return i
+
+    with pytest.raises(FloatingPointError, match="fold 1 diverged"):
+        concurrently(job, 6, jobs=2)
+    assert 0 in started and 1 in started and len(started) <= 3  # 3 at most: 0's worker moved on
+    assert concurrently(lambda i: i * i, 4, jobs=2) == [0, 1, 4, 9]  # results in order
