@@ -194,14 +194,14 @@ class StoredJit:
     changes its program: its settings and `source_digest` of the code it runs. Arguments and
     results must be pytrees of arrays whose structure pickles (dicts, tuples, NamedTuples,
     registered dataclasses with no static functions); a program that cannot be stored still
-    runs, compiled as by `jax.jit`. Threads may share one: a program two of them need at once
+    runs, compiled as by `jax.jit`. Threads may share one: it loads or compiles one program at
+    a time (XLA already keeps every core busy with one), so a program two of them need at once
     is compiled by the first while the other waits for it."""
 
     def __init__(self, fn: Callable, static: str, **jit_kwargs: Any):
         self.jitted = jax.jit(fn, **jit_kwargs)
         self.static = static
         self._programs: dict[tuple, Any] = {}
-        self._locks: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
@@ -210,8 +210,6 @@ class StoredJit:
         program = self._programs.get(signature)
         if program is None:
             with self._lock:
-                lock = self._locks.setdefault(signature, threading.Lock())
-            with lock:
                 program = self._programs.get(signature)
                 if program is None:
                     program = self._programs[signature] = self._load_or_compile(args)
