@@ -1,10 +1,11 @@
 """Packing featurised traces into one padded `jraph.GraphsTuple` per batch.
 
-Every batch has `batch_size + 1` graphs (the last one absorbs padding) and is padded to a size
-bucket: one ladder of (nodes, edges, agents) = (512, 2048, 128) * 2**level, the smallest level
-that holds the batch. Nodes, edges and agents grow together in a log, so one ladder wastes
-little padding, and a training run compiles once per level it meets (two or three), not once
-per combination of separately rounded counts.
+A batch has `batch_size + 1` graphs (the last one absorbs padding) and fixed (nodes, edges,
+agents) sizes. Training and evaluation give a whole run one size (`run_bucket`: room for
+`batch_size` traces of the run's mean size) and cut each epoch's order into batches that fit it
+(`plan_batches`): one compiled program per run, and padding that is a fraction of each batch
+rather than up to half of it. Prediction, which meets one log or a few, pads each batch to a
+bucket of one ladder (512, 2048, 128) * 2**level, so that logs of many sizes share few programs.
 """
 from __future__ import annotations
 
@@ -74,11 +75,16 @@ Sizes = tuple[int, int, int]  # padded (nodes, edges, agents)
 SMALLEST_BUCKET: Sizes = (512, 2048, 128)
 
 
+def trace_sizes(items: list[Featurised]) -> np.ndarray:
+    """[len(items), 3]: nodes, edges and agents of each trace."""
+    return np.array([(len(f.graph.node_type), len(f.graph.senders), len(f.graph.agents))
+                     for f in items], np.int64).reshape(-1, 3)
+
+
 def exact_sizes(items: list[Featurised]) -> Sizes:
     """(nodes, edges, agents) of `items` plus one padding slot each: no bucket."""
-    return (sum(len(f.graph.node_type) for f in items) + 1,
-            sum(len(f.graph.senders) for f in items) + 1,
-            sum(len(f.graph.agents) for f in items) + 1)
+    n, e, a = (int(x) + 1 for x in trace_sizes(items).sum(0))
+    return n, e, a
 
 
 def bucket_sizes(items: list[Featurised]) -> Sizes:
@@ -149,24 +155,56 @@ def pack_batch(items: list[Featurised], labels: list[Labels],
                  tagent, lmask, failed, mode, mmask, real)
 
 
-def shard_bucket(items: list[Featurised], batch_size: int, shards: int) -> Sizes:
-    """The bucket that every one of the `shards` equal sub-batches of a global batch fits."""
-    per = batch_size // shards
-    return max(bucket_sizes(items[i:i + per]) for i in range(0, per * shards, per))
+def ladder_level(x: int, base: int) -> int:
+    """The smallest of base * 2**k and base * 1.5 * 2**k that is at least `x`: a run's size
+    wastes under a third of it, and runs on similar data (cross-validation's folds) meet the
+    same size and share its program."""
+    v = base
+    while v < x and v * 3 // 2 < x:
+        v *= 2
+    return v if v >= x else v * 3 // 2
 
 
-def pack_shards(items: list[Featurised], labels: list[Labels],
-                batch_size: int, shards: int, dims: tuple[int, int],
-                local: range | None = None, floor: Sizes = SMALLEST_BUCKET) -> Batch:
-    """Split a global batch into `shards` equal sub-batches padded to one common bucket (at least
-    `floor`) and stack the ones in `local` (default: all) on a leading axis: the data-parallel
-    layout. Every process of a multi-host run computes the same bucket, so the global array has
-    one shape."""
-    if batch_size % shards:
-        raise ValueError(f"batch size {batch_size} is not divisible by {shards} shards")
-    per = batch_size // shards
-    parts = [(items[i:i + per], labels[i:i + per]) for i in range(0, per * shards, per)]
-    sizes = max(shard_bucket(items, batch_size, shards), floor)
+def run_bucket(items: list[Featurised], per_batch: int) -> Sizes:
+    """The one size of every batch of a run over `items`: room for `per_batch` traces of their
+    mean size in each dimension, and for the largest trace, plus a padding slot."""
+    if not items:
+        return SMALLEST_BUCKET
+    sizes = trace_sizes(items)
+    need = np.maximum(per_batch * sizes.mean(0), sizes.max(0)) + 1
+    return tuple(ladder_level(int(np.ceil(x)), base) for x, base in zip(need, SMALLEST_BUCKET))
+
+
+def plan_batches(items: list[Featurised], order: np.ndarray, per_batch: int, sizes: Sizes
+                 ) -> list[list[int]]:
+    """`order` cut, in order, into batches of at most `per_batch` traces that fit `sizes` with
+    a padding slot to spare: a batch ends early rather than spill over."""
+    room = np.array(sizes) - 1
+    each = trace_sizes(items)
+    if len(each) and (each.max(0) > room).any():
+        raise ValueError(f"a trace of (nodes, edges, agents) {tuple(each.max(0))} does not fit "
+                         f"batches of {sizes}")
+    batches: list[list[int]] = []
+    used = np.zeros(3, np.int64)
+    for j in order.tolist():
+        if not batches or len(batches[-1]) == per_batch or (used + each[j] > room).any():
+            batches.append([])
+            used[:] = 0
+        batches[-1].append(j)
+        used += each[j]
+    return batches
+
+
+def pack_shards(parts: list[list[Featurised]], labels: list[list[Labels]], per_batch: int,
+                shards: int, sizes: Sizes, dims: tuple[int, int],
+                local: range | None = None) -> Batch:
+    """One global batch of up to `shards` sub-batches (`parts`, each at most `per_batch`
+    traces) padded to `sizes`, the ones in `local` (default: all) stacked on a leading axis:
+    the data-parallel layout. Missing sub-batches are all padding."""
+    if len(parts) > shards:
+        raise ValueError(f"{len(parts)} sub-batches for {shards} shards")
     local = local if local is not None else range(shards)
-    packed = [pack_batch(*parts[i], per, sizes, dims) for i in local]
+    packed = [pack_batch(parts[i] if i < len(parts) else [],
+                         labels[i] if i < len(parts) else [], per_batch, sizes, dims)
+              for i in local]
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *packed)

@@ -29,8 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from astra_jax import RunDirError
-from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, bucket_sizes, feature_dims,
-                                is_real, labels_of, pack_batch, pack_shards, shard_bucket)
+from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, feature_dims, is_real, labels_of,
+                                pack_batch, pack_shards, plan_batches, run_bucket)
 from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, shared_programs,
                                    source_digest, track_compiles)
 from astra_jax.features import Featurised
@@ -298,12 +298,10 @@ def init_state(cfg: TrainConfig, sample: Batch) -> State:
 
 def eval_batches(items: list[Featurised], labels: list, batch_size: int
                  ) -> Iterator[tuple[Batch, list[int]]]:
-    """`items` in order, every batch padded to the bucket of the largest: evaluation runs the
-    same small set every epoch, forward only, so one compile is worth some padding."""
-    chunks = [list(range(i, min(i + batch_size, len(items))))
-              for i in range(0, len(items), batch_size)]
-    sizes = max((bucket_sizes([items[j] for j in ix]) for ix in chunks), default=None)
-    for ix in chunks:
+    """`items` in order, in batches of one size (`run_bucket`): evaluation runs the same set
+    every epoch, so one compiled program serves the run."""
+    sizes = run_bucket(items, batch_size)
+    for ix in plan_batches(items, np.arange(len(items)), batch_size, sizes):
         yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], batch_size, sizes), ix
 
 
@@ -320,33 +318,48 @@ def resolve_shards(cfg: TrainConfig, mesh: Mesh) -> int:
     return shards
 
 
-def smallest_full_bucket(items: list[Featurised], traces: list[Trace], cfg: TrainConfig,
-                         shards: int) -> Sizes:
-    """The smallest bucket that a full batch of any epoch of this run needs. An epoch's last,
-    partial batch is padded up to it: a bucket of its own would cost a compile, and the memory
-    of one more compiled program, for one batch an epoch."""
-    full = []
+@dataclass(frozen=True)
+class BatchPlan:
+    """Every epoch's global batches, each a list of `shards` sub-batches of trace indices (the
+    last may have fewer), all of one size: a run compiles one train program, and the learning
+    rate schedule knows the run's length before it starts."""
+    sizes: Sizes
+    per_shard: int
+    epochs: list[list[list[list[int]]]]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(len(e) for e in self.epochs)
+
+
+def plan_run(items: list[Featurised], traces: list[Trace], cfg: TrainConfig, shards: int
+             ) -> BatchPlan:
+    """Each epoch's order (`epoch_order`) cut into sub-batches of at most batch_size / shards
+    traces that fit the run's one size, `shards` of them to a global batch."""
+    if cfg.batch_size % shards:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {shards} shards")
+    per = cfg.batch_size // shards
+    sizes = run_bucket(items, per)
+    epochs = []
     for epoch in range(cfg.epochs):
-        order = epoch_order(traces, cfg, epoch)
-        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-            full.append(shard_bucket([items[j] for j in order[i:i + cfg.batch_size]],
-                                     cfg.batch_size, shards))
-    return min(full, default=SMALLEST_BUCKET)
+        parts = plan_batches(items, epoch_order(traces, cfg, epoch), per, sizes)
+        epochs.append([parts[i:i + shards] for i in range(0, len(parts), shards)])
+    return BatchPlan(sizes, per, epochs)
 
 
-def sharded_batches(items: list[Featurised], labels: list, cfg: TrainConfig, order: np.ndarray,
-                    mesh: Mesh, shards: int, floor: Sizes = SMALLEST_BUCKET) -> Iterator[Batch]:
-    """Global batches laid out over the mesh, padded to at least `floor`: each process packs
-    only its own shards and `make_array_from_process_local_data` assembles the global array (one
-    process: all)."""
+def sharded_batches(items: list[Featurised], labels: list, plan: BatchPlan, epoch: int,
+                    mesh: Mesh, shards: int) -> Iterator[Batch]:
+    """An epoch's global batches laid out over the mesh: each process packs only its own
+    shards and `make_array_from_process_local_data` assembles the global array (one process:
+    all)."""
     per_proc = shards // jax.process_count()
     local = range(jax.process_index() * per_proc, (jax.process_index() + 1) * per_proc)
     dims = feature_dims(items[0])
     spec = NamedSharding(mesh, P("data"))
-    for i in range(0, len(order), cfg.batch_size):
-        ix = order[i:i + cfg.batch_size].tolist()
-        b = pack_shards([items[j] for j in ix], [labels[j] for j in ix], cfg.batch_size, shards,
-                        dims, local, floor)
+    for parts in plan.epochs[epoch]:
+        b = pack_shards([[items[j] for j in ix] for ix in parts],
+                        [[labels[j] for j in ix] for ix in parts], plan.per_shard, shards,
+                        plan.sizes, dims, local)
         yield jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(spec, x), b)
 
 
@@ -439,12 +452,11 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         "train": [t.trace_id for t in train_traces], "val": [t.trace_id for t in val_traces]}))
     tr_labels = [labels_of(t) for t in train_traces]
     va_labels = [labels_of(t) for t in val_traces]
-    steps_per_epoch = math.ceil(len(epoch_order(train_traces, cfg, 0)) / cfg.batch_size)
     sample = pack_batch(train_feats[:cfg.batch_size], tr_labels[:cfg.batch_size], cfg.batch_size)
     mesh = data_mesh()
     shards = resolve_shards(cfg, mesh)
-    floor = smallest_full_bucket(train_feats, train_traces, cfg, shards)
-    total_steps = steps_per_epoch * cfg.epochs
+    plan = plan_run(train_feats, train_traces, cfg, shards)
+    total_steps = plan.total_steps
     state = init_state(cfg, sample)
     if cfg.init:
         state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
@@ -462,10 +474,10 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     log = (out_dir / "metrics.jsonl").open("a") if lead else open(os.devnull, "w")
     last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        order = epoch_order(train_traces, cfg, epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        bar = tqdm(sharded_batches(train_feats, tr_labels, cfg, order, mesh, shards, floor),
+        steps_per_epoch = len(plan.epochs[epoch])
+        bar = tqdm(sharded_batches(train_feats, tr_labels, plan, epoch, mesh, shards),
                    total=steps_per_epoch, desc=f"{label}epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, file=sys.stderr)
         steps = []

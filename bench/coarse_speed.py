@@ -5,7 +5,7 @@ once shapes have compiled), and the latency of attributing one 100-step trace.
     python bench/coarse_speed.py [--tasks 120] [--batch-size 16]
 
 Model: the default ModelConfig (d_model 128, 4 heads, 2 spatial + 2 temporal layers, 4 experts).
-Every figure is taken after a warm-up pass that compiles each size bucket, so it measures steady
+Every figure is taken after a warm-up pass that compiles each batch size, so it measures steady
 state; compile counts are reported separately.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.table import format_table  # noqa: E402
 from astra_jax.batching import (exact_sizes, feature_dims, labels_of, pack_batch,  # noqa: E402
-                                pack_shards)
+                                pack_shards, plan_batches, run_bucket)
 from astra_jax.features import HashingEmbedder, featurise  # noqa: E402
 from astra_jax.train import COMPILES, TrainConfig, init_state, make_steps  # noqa: E402
 from data_gen.sim.generate import GenConfig, generate  # noqa: E402
@@ -37,20 +37,24 @@ def peak_mib() -> float:
 def train_rate(feats, labels, batch_size: int, exact: bool = False
                ) -> tuple[float, float, int]:
     """Training traces/s over the first pass (compilation included) and over a second pass
-    (steady state), and the compilations it took. `exact` packs each batch to its own exact size
-    instead of a bucket: what a loop without bucketing compiles."""
+    (steady state), and the compilations it took. Batches are planned as training plans them
+    (`plan_batches` at the run's one size); `exact` packs each batch of `batch_size` to its own
+    exact size instead: what a loop without a planned size compiles."""
     cfg = TrainConfig(batch_size=batch_size)
     before = COMPILES["train"]
     _, train_step, _ = make_steps(cfg, 100)
     dims = feature_dims(feats[0])
+    if exact:
+        chunks = [list(range(i, min(i + batch_size, len(feats))))
+                  for i in range(0, len(feats), batch_size)]
+    else:
+        sizes = run_bucket(feats, batch_size)
+        chunks = plan_batches(feats, np.arange(len(feats)), batch_size, sizes)
     packed = []
-    for i in range(0, len(feats), batch_size):
-        f, lab = feats[i:i + batch_size], labels[i:i + batch_size]
-        if exact:
-            b = pack_batch(f, lab, batch_size, exact_sizes(f), dims)
-            packed.append(jax.tree_util.tree_map(lambda x: x[None], b))
-        else:
-            packed.append(pack_shards(f, lab, batch_size, 1, dims))
+    for ix in chunks:
+        f, lab = [feats[j] for j in ix], [labels[j] for j in ix]
+        packed.append(pack_shards([f], [lab], batch_size, 1, exact_sizes(f) if exact else sizes,
+                                  dims))
     state = jax.device_put(init_state(cfg, pack_batch(feats[:batch_size], labels[:batch_size],
                                                       batch_size)))
     rates = []
@@ -107,11 +111,11 @@ def main() -> None:
 
     rows = []
     first_batched, batched, c = train_rate(feats, labels, args.batch_size)
-    rows.append((f"train, batches of {args.batch_size}, bucketed", len(feats), first_batched, batched, c,
-                 peak_mib()))
+    rows.append((f"train, batches of {args.batch_size}, one size per run", len(feats),
+                 first_batched, batched, c, peak_mib()))
     first_single, single, c = train_rate(feats, labels, 1)
-    rows.append(("train, one trace at a time, bucketed", len(feats), first_single, single, c,
-                 peak_mib()))
+    rows.append(("train, one trace at a time, one size per run", len(feats), first_single,
+                 single, c, peak_mib()))
     few = feats[:args.exact_traces]
     first_exact, single_exact, c = train_rate(few, labels[:len(few)], 1, exact=True)
     rows.append(("train, one trace at a time, exact shapes", len(few), first_exact, single_exact,
@@ -148,7 +152,7 @@ def main() -> None:
     print(format_table(("workload", "traces", "first pass traces/s (incl. compiling)",
                         "steady traces/s", "compiles", "peak RSS MiB"), rows))
     print(f"\nbatched training over one trace at a time: {batched / single:.1f}x steady "
-          f"(bucketed), {batched / single_exact:.1f}x steady (exact shapes), "
+          f"(one size per run), {batched / single_exact:.1f}x steady (exact shapes), "
           f"{first_batched / first_exact:.1f}x over a first pass with exact shapes")
     floor = step_floor_ms(feature_dims(feats[0]))
     per_trace = 1e3 / batched
