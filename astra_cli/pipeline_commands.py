@@ -18,6 +18,7 @@ from typing import Any
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, read_stage_rows, write_stage_file
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA, Trace
+from llm_stage.cli import add_backend_args
 
 STAGES = ("coarse", "fine", "report")
 
@@ -37,11 +38,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threshold", type=float, default=0.0,
                    help="below this confidence the verdict is reported as unsure")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
-    g = r.add_argument_group("fine stage (coarse only when neither is given)")
-    g.add_argument("--model", help="local model directory (e.g. Qwen3-8B)")
-    g.add_argument("--adapter", help="LoRA adapter directory from `astra-llm finetune`")
-    g.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    g.add_argument("--llm-model", help="model name to send to the endpoint")
+    add_backend_args(r.add_argument_group("fine stage (coarse only when neither --model nor "
+                                          "--llm-url is given)"))
     r.set_defaults(func=cmd_run, compiles=True)
 
     e = sub.add_parser("eval", help="strict scores of verdicts (or candidates) against labels")

@@ -19,23 +19,29 @@ def make_backend(args: argparse.Namespace):
     """A local model (--model DIR [--adapter DIR]) or an endpoint (--llm-url URL)."""
     from data_gen.chat_client import ChatConfig
     from llm_stage.backends import EndpointBackend, LocalBackend
+    if args.parallel < 1:
+        raise SystemExit(f"error: --parallel must be at least 1, not {args.parallel}")
     if args.model:
         if args.adapter:
             from llm_stage.finetune import check_adapter
             check_adapter(args.adapter)
-        return LocalBackend(args.model, args.adapter)
+        return LocalBackend(args.model, args.adapter, parallel=args.parallel)
     cfg = ChatConfig.from_env(url=args.llm_url, model=args.llm_model)
     if not cfg.url:
         raise SystemExit("error: give --model DIR (local) or --llm-url URL (endpoint)")
-    return EndpointBackend(cfg)
+    return EndpointBackend(cfg, parallel=args.parallel)
 
 
-def _backend_args(p: argparse.ArgumentParser) -> None:
+def add_backend_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from llm_stage.backends import DEFAULT_PARALLEL
     p.add_argument("--model", help="local model directory (e.g. a Qwen3-8B download)")
     p.add_argument("--adapter", help="LoRA adapter directory from `astra-llm finetune`")
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint base URL, e.g. "
                                      "http://localhost:8000/v1 (or ASTRA_LLM_URL)")
     p.add_argument("--llm-model", help="model name to send to the endpoint (or ASTRA_LLM_MODEL)")
+    p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                   help="calls in flight at once: a local model generates them as one batch, "
+                   "an endpoint gets them as concurrent requests")
 
 
 def cmd_prep(args) -> int:
@@ -156,11 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=tuple(STRATEGIES), default="coarse-to-fine")
     p.add_argument("--budget", type=int, default=4096)
     p.add_argument("--top-k", type=int, default=3)
-    _backend_args(p)
+    add_backend_args(p)
     p.set_defaults(func=cmd_localize)
 
     p = sub.add_parser("serve", help="HTTP server: /v1/chat/completions and /v1/localize")
-    _backend_args(p)
+    add_backend_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-body-mb", type=int, default=8)

@@ -2,12 +2,14 @@
 
 A trace that cannot be handled (no candidates for it, a backend error) is reported and skipped;
 the rest go on. Verdict rows are written as they are produced, so an interrupted run keeps what
-it finished.
+it finished. Traces are worked on `backend.parallel` at a time (a local model generates their
+calls as one batch, an endpoint gets them concurrently); verdicts come back in input order.
 """
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
@@ -35,10 +37,17 @@ def localize_one(trace: Trace, cands: dict | None, backend: Backend, strategy: s
 def localize(traces: Iterable[Trace], candidates: dict[str, dict], backend: Backend,
              strategy: str = "coarse-to-fine", budget: int = 4096, k: int = 3,
              progress: bool = True, total: int | None = None) -> Iterator[dict | str]:
-    """Verdicts, and for traces that failed, a string saying why."""
-    for t in tqdm(traces, total=total, desc=f"localize ({strategy})", disable=not progress,
-                  file=sys.stderr):
+    """Verdicts, and for traces that failed, a string saying why, in the order of `traces`."""
+    def one(t: Trace) -> dict | str:
         try:
-            yield localize_one(t, candidates.get(t.trace_id), backend, strategy, budget, k)
+            return localize_one(t, candidates.get(t.trace_id), backend, strategy, budget, k)
         except (ValueError, ChatError) as e:
-            yield f"{t.trace_id}: {e}"
+            return f"{t.trace_id}: {e}"
+
+    workers = max(1, getattr(backend, "parallel", 1))  # a backend that does not say: one
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield from tqdm(pool.map(one, traces), total=total, desc=f"localize ({strategy})",
+                        disable=not progress, file=sys.stderr)
+    finally:  # stopped early (an interrupt): the traces not yet started never start
+        pool.shutdown(cancel_futures=True)

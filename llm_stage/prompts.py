@@ -83,11 +83,15 @@ def task_block(trace: Trace) -> str:
 
 def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, budget: int,
          count: TokenCounter) -> Prompt:
-    """Largest per-step content cap that fits; drop tiers (last first) if even headers do not."""
+    """Largest per-step content cap that fits; drop tiers (last first) if even headers do not.
+    A real tokenizer costs milliseconds per long prompt, so the system message is counted once
+    and a tier count whose bare headers overflow is dropped without searching."""
+    system = {"role": "system", "content": SYSTEM}
+    system_tokens = count(SYSTEM)
+
     def make(shown: dict[int, str], cap: int | None) -> tuple[list[dict[str, str]], int]:
-        msgs = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": _render(trace, shown, cap, intro, question)}]
-        return msgs, sum(count(m["content"]) for m in msgs)
+        user = _render(trace, shown, cap, intro, question)
+        return [system, {"role": "user", "content": user}], system_tokens + count(user)
 
     for n_tiers in range(len(tiers), 0, -1):
         shown: dict[int, str] = {}
@@ -96,6 +100,8 @@ def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, b
         msgs, tokens = make(shown, None)
         if tokens <= budget:
             return Prompt(msgs, tuple(sorted(shown)), tokens, n_tiers < len(tiers))
+        if make(shown, 0)[1] > budget:
+            continue
         lo, hi = 0, max(len(trace.steps[i].content) for i in shown)
         best = None
         while lo <= hi:  # binary search on the cap, in characters

@@ -6,8 +6,9 @@
                                  →  a verdict (Who&When records carry no id of their own)
     GET  /health
 
-Requests are served by threads; generation is serialised by the backend's lock, and a request
-that waits longer than `queue_timeout_s` for it gets 503 rather than hanging. Bodies over
+Requests are served by threads, up to the backend's `parallel` at once (a local model generates
+them as one batch); a request that waits longer than `queue_timeout_s` for a place gets 503
+rather than hanging. Bodies over
 `max_body` bytes get 413, malformed JSON 400, and missing or mistyped fields 422 naming the field.
 """
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _field(body: dict, name: str, kind: type | tuple[type, ...], default: Any = 
 
 
 def make_server(backend: Backend, cfg: ServerConfig = ServerConfig()) -> ThreadingHTTPServer:
-    gate = threading.Semaphore(1)
+    gate = threading.Semaphore(max(1, getattr(backend, "parallel", 1)))  # one batch's worth
 
     def queued(fn, *args):
         if not gate.acquire(timeout=cfg.queue_timeout_s):

@@ -180,6 +180,32 @@ def test_reloaded_adapter_gives_identical_logits_and_parseable_answers(tuned, ti
     assert tuned_ok >= len(rows) // 2 and tuned_ok > base_ok
 
 
+def test_a_batch_of_calls_gets_the_answers_each_gets_alone(tuned, tiny):
+    be = LocalBackend(tiny, tuned["dir"] / "adapter", parallel=4)
+    rows = tuned["train"][:4]
+    requests = [(be.prompt_ids(r["messages"][:-1])[0], m) for r, m in zip(rows, (160, 40, 160, 7))]
+    assert len({len(ids) for ids, _ in requests}) > 1  # rows of different lengths: padding
+    alone = [be._generate([r])[0] for r in requests]
+    together = be._generate(requests)
+    for a, b, (_, m) in zip(alone, together, requests):
+        assert (a.text, a.prompt_tokens, a.completion_tokens) == (
+            b.text, b.prompt_tokens, b.completion_tokens)
+        assert 0 < b.completion_tokens <= m and b.prob == pytest.approx(a.prob, abs=1e-4)
+    # calls from threads are generated together, and each thread gets its own answer
+    sizes = []
+    run = be._batcher.run_batch
+    be._batcher.run_batch = lambda batch: sizes.append(len(batch)) or run(batch)
+    got = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(
+        i, be.complete(rows[i]["messages"][:-1], requests[i][1]))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [g.text for g in got] == [a.text for a in alone]
+    assert sum(sizes) == 4 and max(sizes) > 1
+
+
 @pytest.fixture
 def server(tiny):
     srv = make_server(LocalBackend(tiny), ServerConfig(port=0, max_body=200_000,
