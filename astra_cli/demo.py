@@ -142,18 +142,15 @@ def _tiny_fine_stage(args: argparse.Namespace, train_traces):
     to read logs well; point `astra run --model` at Qwen3-8B for that."""
     from llm_stage.backends import LocalBackend
     from llm_stage.finetune import FinetuneConfig, finetune
-    from llm_stage.prompts import answer_json
     from llm_stage.sft import sft_rows
-    from llm_stage.tiny import build_tiny_model
+    from llm_stage.tiny import build_tiny_model, tiny_texts
 
     sample = train_traces[:: max(1, len(train_traces) // 300)]
     print(f"== 6. fine stage: a tiny local Qwen3-architecture model, LoRA-tuned on "
           f"{len(sample)} simulated traces")
-    # its tokenizer and pre-training see log text and answers, as a real base has seen both
-    texts = [s.content for t in sample for s in t.steps] + [
-        answer_json(t.label.agent, t.label.step, t.label.mode, t.label.reason)
-        for t in sample if t.label]
-    base = build_tiny_model(args.out / "tiny_model", texts, pretrain_steps=args.tiny_pretrain_steps)
+    # its tokenizer and pre-training see log text, answers and prompts, as a real base has
+    base = build_tiny_model(args.out / "tiny_model", tiny_texts(sample, TINY_PROMPT_TOKENS),
+                            pretrain_steps=args.tiny_pretrain_steps)
     backend = LocalBackend(base)
     train_rows, held, _ = sft_rows(sample, {}, budget=TINY_PROMPT_TOKENS, count=backend.count)
     cfg = FinetuneConfig(base_model=str(base), out_dir=str(args.out / "tiny_lora"),

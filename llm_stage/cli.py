@@ -115,9 +115,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    from llm_stage.tiny import build_tiny_model
-    texts = [s.content for t in load_valid_traces(args.traces) for s in t.steps]
-    out = build_tiny_model(args.out, texts, pretrain_steps=args.pretrain_steps)
+    from llm_stage.tiny import build_tiny_model, tiny_texts
+    out = build_tiny_model(args.out, tiny_texts(load_valid_traces(args.traces)),
+                           pretrain_steps=args.pretrain_steps)
     print(f"tiny Qwen3 model written to {out}")
     return 0
 

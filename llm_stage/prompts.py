@@ -82,10 +82,13 @@ def task_block(trace: Trace) -> str:
 
 
 def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, budget: int,
-         count: TokenCounter) -> Prompt:
+         count: TokenCounter, ranked: tuple[int, ...] = ()) -> Prompt:
     """Largest per-step content cap that fits; drop tiers (last first) if even headers do not.
-    A real tokenizer costs milliseconds per long prompt, so the system message is counted once
-    and a tier count whose bare headers overflow is dropped without searching."""
+    If the first tier's headers alone overflow, show as many of its steps as fit in the order
+    of `ranked` (the coarse stage's step scores, best first): a long log's top candidate can
+    have more steps than a budget holds headers. A real tokenizer costs milliseconds per long
+    prompt, so the system message is counted once and a set whose bare headers overflow is
+    never searched."""
     system = {"role": "system", "content": SYSTEM}
     system_tokens = count(SYSTEM)
 
@@ -93,15 +96,12 @@ def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, b
         user = _render(trace, shown, cap, intro, question)
         return [system, {"role": "user", "content": user}], system_tokens + count(user)
 
-    for n_tiers in range(len(tiers), 0, -1):
-        shown: dict[int, str] = {}
-        for tier in reversed(tiers[:n_tiers]):
-            shown.update(tier)
+    def fitted(shown: dict[int, str], cut: bool) -> Prompt | None:
         msgs, tokens = make(shown, None)
         if tokens <= budget:
-            return Prompt(msgs, tuple(sorted(shown)), tokens, n_tiers < len(tiers))
+            return Prompt(msgs, tuple(sorted(shown)), tokens, cut)
         if make(shown, 0)[1] > budget:
-            continue
+            return None
         lo, hi = 0, max(len(trace.steps[i].content) for i in shown)
         best = None
         while lo <= hi:  # binary search on the cap, in characters
@@ -111,10 +111,26 @@ def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, b
                 best, lo = (msgs, tokens), mid + 1
             else:
                 hi = mid - 1
-        if best is not None:
-            return Prompt(best[0], tuple(sorted(shown)), best[1], True)
+        return None if best is None else Prompt(best[0], tuple(sorted(shown)), best[1], True)
+
+    for n_tiers in range(len(tiers), 0, -1):
+        shown: dict[int, str] = {}
+        for tier in reversed(tiers[:n_tiers]):
+            shown.update(tier)
+        if (got := fitted(shown, n_tiers < len(tiers))) is not None:
+            return got
+    ranked = tuple(i for i in ranked if i in tiers[0])
+    lo, hi, most = 1, len(ranked) - 1, 0
+    while lo <= hi:  # binary search on how many of the ranked steps' headers fit
+        k = (lo + hi) // 2
+        if make({i: tiers[0][i] for i in ranked[:k]}, 0)[1] <= budget:
+            most, lo = k, k + 1
+        else:
+            hi = k - 1
+    if most and (got := fitted({i: tiers[0][i] for i in ranked[:most]}, True)) is not None:
+        return got
     raise ValueError(f"trace {trace.trace_id}: a token budget of {budget} cannot hold the "
-                     "instructions, the task and the top candidate's step headers; raise it")
+                     "instructions, the task and the top candidate's first step header; raise it")
 
 
 QUESTION = ("Which agent made the decisive error, and at which step? Answer with the JSON object "
@@ -138,7 +154,9 @@ def focused_prompt(trace: Trace, candidates: dict, budget: int = 4096,
     intro = (f"{task_block(trace)}\nCandidate agents from a first-pass ranking (most likely "
              f"first): {names}. Shown: their steps and the step before each; other steps are "
              "omitted. The answer may still be any agent and step of the run.")
-    return _fit(trace, tiers, intro, QUESTION, budget, count)
+    ranked_steps = tuple(x["step"] for x in candidates["agents"][0].get("steps", ())
+                         ) if candidates["agents"] else ()
+    return _fit(trace, tiers, intro, QUESTION, budget, count, ranked_steps)
 
 
 def window_prompt(trace: Trace, lo: int, hi: int, question: str, budget: int,

@@ -8,10 +8,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from data_gen.trace import Trace
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_texts(traces: Iterable[Trace], budget: int = 1500) -> list[str]:
+    """What the tiny model's tokenizer and pre-training read: the traces' steps, the answers of
+    the labelled ones, and the focused prompt of each (its system message, task and step
+    blocks). A real base tokenizer encodes a step header in a dozen tokens; one trained on log
+    text alone spends ~90 on it, and half the simulated traces' prompts would not fit."""
+    from llm_stage.prompts import SYSTEM, answer_json, focused_prompt
+    from llm_stage.ranker import heuristic_candidates
+    texts = [SYSTEM]
+    for t in traces:
+        texts += [s.content for s in t.steps]
+        if t.label:
+            texts.append(answer_json(t.label.agent, t.label.step, t.label.mode, t.label.reason))
+        try:
+            texts.append(focused_prompt(t, heuristic_candidates(t, 3), budget).messages[-1]
+                         ["content"])
+        except ValueError:  # headers alone overflow the budget: its steps are in already
+            pass
+    return texts
 
 
 def build_tiny_model(out_dir: str | Path, texts: Iterable[str], vocab_size: int = 1024,

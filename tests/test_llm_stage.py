@@ -47,7 +47,7 @@ def tuned(sim, tiny, tmp_path_factory):
     train, held, _ = sft_rows(sim, {}, budget=1000, count=be.count)
     out = tmp_path_factory.mktemp("ft")
     cfg = FinetuneConfig(base_model=str(tiny), out_dir=str(out), max_steps=30, grad_accum=1,
-                         batch_size=4, lr=1e-2, save_steps=15, logging_steps=5, r=16, alpha=32,
+                         batch_size=4, lr=5e-3, save_steps=15, logging_steps=5, r=16, alpha=32,
                          dropout=0.0, gradient_checkpointing=False)
     metrics, model = finetune(cfg, train, held, progress=False)
     return {"dir": out, "metrics": metrics, "model": model, "train": train, "held": held,
@@ -91,8 +91,24 @@ def test_prompt_never_exceeds_its_budget_and_keeps_step_indices(budget):
         assert not p.truncated and f.shown_steps == tuple(range(len(t.steps)))
 
 
+def test_a_top_candidate_with_more_headers_than_fit_shows_its_best_ranked_steps():
+    steps = tuple(Step(i, "Orchestrator" if i % 2 else "Coder", f"step {i} " * 30)
+                  for i in range(120))
+    t = Trace("long", Task("q", "a"), steps, label=Label("Orchestrator", 51, None, None))
+    order = [51, 7, 99] + [i for i in range(1, 120, 2) if i not in (51, 7, 99)]
+    cands = {"agents": [{"agent": "Orchestrator", "score": 0.9,
+                         "steps": [{"step": i, "score": 1 / (r + 1)} for r, i in enumerate(order)]},
+                        {"agent": "Coder", "score": 0.1, "steps": []}]}
+    all_headers = focused_prompt(t, cands, budget=100_000)
+    assert len(all_headers.shown_steps) == 120
+    p = focused_prompt(t, cands, budget=900)
+    assert p.tokens <= 900 and p.truncated
+    shown = set(p.shown_steps)
+    assert 3 <= len(shown) < 60 and shown == set(order[:len(shown)])  # the best ranked first
+
+
 def test_prompt_budget_too_small_is_a_clear_error():
-    with pytest.raises(ValueError, match="budget of 50"):
+    with pytest.raises(ValueError, match="budget of 50 cannot hold .* first step header"):
         focused_prompt(_injected(), heuristic_candidates(_injected()), budget=50)
 
 
