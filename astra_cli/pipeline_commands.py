@@ -18,7 +18,8 @@ from typing import Any
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, read_stage_rows, write_stage_file
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA, Trace
-from llm_stage.cli import add_backend_args
+from llm_stage.cli import add_answer_tokens_arg, add_backend_args
+from llm_stage.strategies import ANSWER_TOKENS
 
 STAGES = ("coarse", "fine", "report")
 
@@ -35,6 +36,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--strategy", default="coarse-to-fine",
                    help="fine-stage strategy (see `astra-llm localize --help`)")
     r.add_argument("--budget", type=int, default=4096, help="prompt token budget")
+    add_answer_tokens_arg(r)
     r.add_argument("--threshold", type=float, default=0.0,
                    help="below this confidence the verdict is reported as unsure")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
@@ -112,6 +114,7 @@ class RunOptions:
     threshold: float = 0.0
     html: bool = True
     seed: int = 0
+    answer_tokens: int = ANSWER_TOKENS  # the fine stage's longest answer
 
 
 def coarse_stage(run: Path | None, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
@@ -139,7 +142,7 @@ def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOp
         print(f"== fine stage: {backend.name}, strategy {opts.strategy}")
         verdicts = {}
         for v in localize(traces, cands, backend, opts.strategy, opts.budget, opts.top_k,
-                          total=len(traces)):
+                          total=len(traces), answer_tokens=opts.answer_tokens):
             if isinstance(v, str):
                 print(f"fine stage failed: {v}", file=sys.stderr)
                 continue
@@ -192,7 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (args.model or args.llm_url) and args.start != "report":
         from llm_stage.cli import make_backend
         backend = make_backend(args)
-    opts = RunOptions(args.top_k, args.strategy, args.budget, args.threshold, not args.no_html)
+    opts = RunOptions(args.top_k, args.strategy, args.budget, args.threshold, not args.no_html,
+                      answer_tokens=args.answer_tokens)
     try:
         run_pipeline(traces, args.out, args.start, args.coarse, backend, opts)
     except SystemExit as e:

@@ -32,6 +32,13 @@ def make_backend(args: argparse.Namespace):
     return EndpointBackend(cfg, parallel=args.parallel)
 
 
+def add_answer_tokens_arg(p: argparse.ArgumentParser) -> None:
+    from llm_stage.strategies import ANSWER_TOKENS
+    p.add_argument("--answer-tokens", type=int, default=ANSWER_TOKENS,
+                   help="the longest answer generated, in tokens (yes/no questions of the "
+                   "step-by-step and binary-search strategies ask for fewer)")
+
+
 def add_backend_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     from llm_stage.backends import DEFAULT_PARALLEL
     p.add_argument("--model", help="local model directory (e.g. a Qwen3-8B download)")
@@ -87,7 +94,8 @@ def cmd_localize(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:
         for v in localize(traces, _candidates(args.candidates), backend, args.strategy,
-                          args.budget, args.top_k, total=len(traces)):
+                          args.budget, args.top_k, total=len(traces),
+                          answer_tokens=args.answer_tokens):
             if isinstance(v, str):
                 failed += 1
                 print(f"skipped: {v}", file=sys.stderr)
@@ -162,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=tuple(STRATEGIES), default="coarse-to-fine")
     p.add_argument("--budget", type=int, default=4096)
     p.add_argument("--top-k", type=int, default=3)
+    add_answer_tokens_arg(p)
     add_backend_args(p)
     p.set_defaults(func=cmd_localize)
 

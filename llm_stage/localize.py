@@ -17,17 +17,17 @@ from tqdm import tqdm
 from data_gen.chat_client import ChatError
 from data_gen.trace import Trace
 from llm_stage.backends import Backend
-from llm_stage.strategies import STRATEGIES
+from llm_stage.strategies import ANSWER_TOKENS, STRATEGIES
 
 
 def localize_one(trace: Trace, cands: dict | None, backend: Backend, strategy: str,
-                 budget: int, k: int) -> dict[str, Any]:
+                 budget: int, k: int, answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     if strategy == "coarse-to-fine" and not cands:
         raise ValueError(f"trace {trace.trace_id}: no candidates (coarse-to-fine needs them)")
     if cands:
         cands = dict(cands, agents=cands["agents"][:k])
     t0 = time.perf_counter()
-    verdict = STRATEGIES[strategy](trace, cands, backend, budget)
+    verdict = STRATEGIES[strategy](trace, cands, backend, budget, answer_tokens)
     verdict["latency_s"] = round(time.perf_counter() - t0, 4)
     verdict["strategy"] = strategy
     verdict["backend"] = backend.name
@@ -36,11 +36,13 @@ def localize_one(trace: Trace, cands: dict | None, backend: Backend, strategy: s
 
 def localize(traces: Iterable[Trace], candidates: dict[str, dict], backend: Backend,
              strategy: str = "coarse-to-fine", budget: int = 4096, k: int = 3,
-             progress: bool = True, total: int | None = None) -> Iterator[dict | str]:
+             progress: bool = True, total: int | None = None,
+             answer_tokens: int = ANSWER_TOKENS) -> Iterator[dict | str]:
     """Verdicts, and for traces that failed, a string saying why, in the order of `traces`."""
     def one(t: Trace) -> dict | str:
         try:
-            return localize_one(t, candidates.get(t.trace_id), backend, strategy, budget, k)
+            return localize_one(t, candidates.get(t.trace_id), backend, strategy, budget, k,
+                                answer_tokens)
         except (ValueError, ChatError) as e:
             return f"{t.trace_id}: {e}"
 

@@ -17,7 +17,7 @@ from llm_stage.backends import Backend
 from llm_stage.prompts import (approx_tokens, focused_prompt, full_prompt, one_line,
                                window_prompt)
 
-ANSWER_TOKENS = 256
+ANSWER_TOKENS = 256  # the longest answer asked for (a yes/no or lower/upper reply: fewer)
 
 
 class Tally:
@@ -39,16 +39,17 @@ class Tally:
         return {"prompt": self.prompt, "completion": self.completion, "calls": self.calls}
 
 
-def coarse_to_fine(trace: Trace, cands: dict, backend: Backend, budget: int) -> dict[str, Any]:
+def coarse_to_fine(trace: Trace, cands: dict, backend: Backend, budget: int,
+                   answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     tally = Tally(backend)
-    text = tally.ask(focused_prompt(trace, cands, budget, backend.count).messages)
+    text = tally.ask(focused_prompt(trace, cands, budget, backend.count).messages, answer_tokens)
     return make_verdict(trace, cands, text, tally.tokens(), tally.prob)
 
 
-def all_at_once(trace: Trace, cands: dict | None, backend: Backend, budget: int
-                ) -> dict[str, Any]:
+def all_at_once(trace: Trace, cands: dict | None, backend: Backend, budget: int,
+                answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     tally = Tally(backend)
-    text = tally.ask(full_prompt(trace, budget, backend.count).messages)
+    text = tally.ask(full_prompt(trace, budget, backend.count).messages, answer_tokens)
     return make_verdict(trace, cands, text, tally.tokens(), tally.prob)
 
 
@@ -60,21 +61,22 @@ def _yes(text: str) -> bool | None:
     return None if m is None else m.group(1).lower() == "yes"
 
 
-def step_by_step(trace: Trace, cands: dict | None, backend: Backend, budget: int
-                 ) -> dict[str, Any]:
+def step_by_step(trace: Trace, cands: dict | None, backend: Backend, budget: int,
+                 answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     tally = Tally(backend)
     for i, s in enumerate(trace.steps):
         q = (f"Consider step {i} (by {one_line(s.agent)}). Is it the decisive error of the run? "
              'Answer with JSON: {"error": true or false, "reason": "<one sentence>"}.')
-        reply = tally.ask(window_prompt(trace, 0, i, q, budget, backend.count).messages, 64)
+        reply = tally.ask(window_prompt(trace, 0, i, q, budget, backend.count).messages,
+                          min(64, answer_tokens))
         if _yes(reply):
             answer = json.dumps({"agent": s.agent, "step": i, "reason": reply.strip()[:300]})
             return make_verdict(trace, cands, answer, tally.tokens())
     return make_verdict(trace, cands, None, tally.tokens())
 
 
-def binary_search(trace: Trace, cands: dict | None, backend: Backend, budget: int
-                  ) -> dict[str, Any]:
+def binary_search(trace: Trace, cands: dict | None, backend: Backend, budget: int,
+                  answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     tally = Tally(backend)
     lo, hi = 0, len(trace.steps) - 1
     while lo < hi:
@@ -82,7 +84,8 @@ def binary_search(trace: Trace, cands: dict | None, backend: Backend, budget: in
         q = (f"The decisive error lies in steps {lo}..{hi}. Is it in the lower half (steps "
              f"{lo}..{mid}) or the upper half (steps {mid + 1}..{hi})? Answer with one word: "
              "lower or upper.")
-        reply = tally.ask(window_prompt(trace, lo, hi, q, budget, backend.count).messages, 16).lower()
+        reply = tally.ask(window_prompt(trace, lo, hi, q, budget, backend.count).messages,
+                          min(16, answer_tokens)).lower()
         upper, lower = "upper" in reply, "lower" in reply
         if upper == lower:  # neither or both: no usable answer
             return make_verdict(trace, cands, None, tally.tokens())

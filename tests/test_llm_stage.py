@@ -139,11 +139,12 @@ class Oracle:
     count = staticmethod(approx_tokens)
 
     def __init__(self, label_step: int, agent: str):
-        self.step, self.agent, self.calls = label_step, agent, 0
+        self.step, self.agent, self.calls, self.max_tokens = label_step, agent, 0, []
 
     def complete(self, messages, max_tokens=256):
         import re
         self.calls += 1
+        self.max_tokens.append(max_tokens)
         q = messages[-1]["content"].splitlines()[-1]
         if m := re.search(r"Consider step (\d+)", q):
             text = json.dumps({"error": int(m.group(1)) == self.step, "reason": "r"})
@@ -163,6 +164,10 @@ def test_strategies_find_the_step_an_oracle_points_to(strategy, sim):
     assert v["tokens"]["calls"] == oracle.calls and v["tokens"]["prompt"] == 10 * oracle.calls
     if strategy == "binary-search":
         assert oracle.calls <= len(t.steps).bit_length()
+    # the answer length asked for is the caller's, never more
+    short = Oracle(t.label.step, t.label.agent)
+    STRATEGIES[strategy](t, heuristic_candidates(t, 3), short, 100_000, answer_tokens=12)
+    assert short.max_tokens and max(short.max_tokens) <= 12
 
 
 def test_lora_lowers_the_loss_and_resumes(tuned, tmp_path):
