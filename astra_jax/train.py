@@ -436,7 +436,49 @@ def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
                                         best_fn=lambda m: m["val_step_acc"] + 1e-6 * m["epoch"],
                                         best_mode="max", keep_checkpoints_without_metrics=False,
                                         create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(out_dir.resolve() / "checkpoints", options=opts)
+    return ocp.CheckpointManager(out_dir.resolve() / "checkpoints", options=opts,
+                                 item_handlers=ocp.StandardCheckpointHandler())
+
+
+def packed_state(state: State) -> dict[str, np.ndarray]:
+    """The train state as one vector per dtype (its leaves raveled in tree order), what a
+    checkpoint holds. Orbax writes every leaf through its own asynchronous machinery, ~2 ms a
+    leaf: 0.7 s for the 340 leaves of the default model's state, 0.07 s for these three. The
+    state is replicated, so each process packs its own copy."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for x in jax.tree_util.tree_leaves(state):
+        local = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+        groups.setdefault(local.dtype.name, []).append(local.ravel())
+    return {k: np.concatenate(v) for k, v in groups.items()}
+
+
+def unpacked_state(packed: dict[str, np.ndarray], like: State) -> State:
+    """`packed_state`'s inverse, into the structure, shapes and dtypes of `like`."""
+    offsets = dict.fromkeys(packed, 0)
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    out = []
+    for x in leaves:
+        k, n = np.dtype(x.dtype).name, int(np.prod(x.shape))
+        out.append(packed[k][offsets[k]:offsets[k] + n].reshape(x.shape))
+        offsets[k] += n
+    if any(offsets[k] != len(v) for k, v in packed.items()):
+        raise RunDirError("a checkpoint holds more values than this model has: it was written "
+                          "by another model")
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, like: State) -> State:
+    """The state saved at `step`, on the host, in the structure of `like`. Checkpoints written
+    before states were packed hold the tree itself and restore as such."""
+    target = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
+    shapes = {k: v.shape for k, v in packed_state(target).items()}
+    saved = getattr(mngr.item_metadata(step), "tree", None)
+    if isinstance(saved, dict) and set(saved) == set(shapes):
+        packed = mngr.restore(step, args=ocp.args.StandardRestore(
+            {k: np.zeros(v, k) for k, v in shapes.items()}))
+        return unpacked_state(packed, like)
+    return jax.tree_util.tree_map(np.asarray, mngr.restore(
+        step, args=ocp.args.StandardRestore(target)))
 
 
 def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featurised],
@@ -460,15 +502,15 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     state = init_state(cfg, sample)
     if cfg.init:
         state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
     _, train_step, eval_step = make_steps(cfg, total_steps)
     mngr = checkpoint_manager(out_dir)
     start_epoch = 0
     if mngr.latest_step() is not None:
-        restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
-        state, start_epoch = restored, int(mngr.latest_step())
+        start_epoch = int(mngr.latest_step())
+        state = restore_state(mngr, start_epoch, state)
         print(f"{label}resuming from epoch {start_epoch}", file=sys.stderr)
         keep_log_until(out_dir / "metrics.jsonl", start_epoch)
+    state = replicated(state, mesh)
     lead = jax.process_index() == 0  # one process of a multi-host run writes the log
     best = best_record(out_dir / "metrics.jsonl") if start_epoch else {}
     log = (out_dir / "metrics.jsonl").open("a") if lead else open(os.devnull, "w")
@@ -505,7 +547,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
         log.flush()
         now = time.perf_counter()
         if val_feats or epoch + 1 == cfg.epochs or now - last_save >= SAVE_EVERY_S:
-            mngr.save(epoch + 1, args=ocp.args.StandardSave(state),
+            mngr.save(epoch + 1, args=ocp.args.StandardSave(packed_state(state)),
                       metrics={"val_step_acc": val_m["step_acc"], "epoch": epoch + 1})
             mngr.wait_until_finished()
             last_save = now
@@ -665,7 +707,7 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     step = mngr.best_step() if which == "best" else mngr.latest_step()
     if step is None:
         raise RunDirError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state(cfg, sample)))
+    state = restore_state(mngr, step, abstract_state(cfg, sample))
     mngr.close()
     return state.params, step
 
