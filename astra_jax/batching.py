@@ -165,22 +165,22 @@ def ladder_level(x: int, base: int) -> int:
     return v if v >= x else v * 3 // 2
 
 
-def run_bucket(items: list[Featurised], per_batch: int) -> Sizes:
-    """The one size of every batch of a run over `items`: room for `per_batch` traces of their
-    mean size in each dimension, and for the largest trace, plus a padding slot."""
-    if not items:
+def run_bucket(each: np.ndarray, per_batch: int) -> Sizes:
+    """The one size of every batch of a run over traces of sizes `each` (`trace_sizes`): room
+    for `per_batch` traces of their mean size in each dimension, and for the largest trace, plus
+    a padding slot."""
+    if not len(each):
         return SMALLEST_BUCKET
-    sizes = trace_sizes(items)
-    need = np.maximum(per_batch * sizes.mean(0), sizes.max(0)) + 1
+    need = np.maximum(per_batch * each.mean(0), each.max(0)) + 1
     return tuple(ladder_level(int(np.ceil(x)), base) for x, base in zip(need, SMALLEST_BUCKET))
 
 
-def plan_batches(items: list[Featurised], order: np.ndarray, per_batch: int, sizes: Sizes
+def plan_batches(each: np.ndarray, order: np.ndarray, per_batch: int, sizes: Sizes
                  ) -> list[list[int]]:
-    """`order` cut, in order, into batches of at most `per_batch` traces that fit `sizes` with
-    a padding slot to spare: a batch ends early rather than spill over."""
+    """`order` (indices into `each`, the traces' `trace_sizes`) cut, in order, into batches of
+    at most `per_batch` traces that fit `sizes` with a padding slot to spare: a batch ends early
+    rather than spill over."""
     room = np.array(sizes) - 1
-    each = trace_sizes(items)
     if len(each) and (each.max(0) > room).any():
         raise ValueError(f"a trace of (nodes, edges, agents) {tuple(each.max(0))} does not fit "
                          f"batches of {sizes}")

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from astra_jax import RunDirError
 from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, feature_dims, is_real, labels_of,
-                                pack_batch, pack_shards, plan_batches, run_bucket)
+                                pack_batch, pack_shards, plan_batches, run_bucket,
+                                trace_sizes)
 from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, shared_programs,
                                    source_digest, track_compiles)
 from astra_jax.features import Featurised
@@ -300,8 +301,9 @@ def eval_batches(items: list[Featurised], labels: list, batch_size: int
                  ) -> Iterator[tuple[Batch, list[int]]]:
     """`items` in order, in batches of one size (`run_bucket`): evaluation runs the same set
     every epoch, so one compiled program serves the run."""
-    sizes = run_bucket(items, batch_size)
-    for ix in plan_batches(items, np.arange(len(items)), batch_size, sizes):
+    each = trace_sizes(items)
+    sizes = run_bucket(each, batch_size)
+    for ix in plan_batches(each, np.arange(len(items)), batch_size, sizes):
         yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], batch_size, sizes), ix
 
 
@@ -339,10 +341,11 @@ def plan_run(items: list[Featurised], traces: list[Trace], cfg: TrainConfig, sha
     if cfg.batch_size % shards:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {shards} shards")
     per = cfg.batch_size // shards
-    sizes = run_bucket(items, per)
+    each = trace_sizes(items)
+    sizes = run_bucket(each, per)
     epochs = []
     for epoch in range(cfg.epochs):
-        parts = plan_batches(items, epoch_order(traces, cfg, epoch), per, sizes)
+        parts = plan_batches(each, epoch_order(traces, cfg, epoch), per, sizes)
         epochs.append([parts[i:i + shards] for i in range(0, len(parts), shards)])
     return BatchPlan(sizes, per, epochs)
 
@@ -452,6 +455,15 @@ def packed_state(state: State) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in groups.items()}
 
 
+def packed_sizes(like: State) -> dict[str, int]:
+    """How many values of each dtype `packed_state` of a state like `like` holds."""
+    sizes: dict[str, int] = {}
+    for x in jax.tree_util.tree_leaves(like):
+        k = np.dtype(x.dtype).name
+        sizes[k] = sizes.get(k, 0) + int(np.prod(x.shape))
+    return sizes
+
+
 def unpacked_state(packed: dict[str, np.ndarray], like: State) -> State:
     """`packed_state`'s inverse, into the structure, shapes and dtypes of `like`."""
     offsets = dict.fromkeys(packed, 0)
@@ -470,13 +482,13 @@ def unpacked_state(packed: dict[str, np.ndarray], like: State) -> State:
 def restore_state(mngr: ocp.CheckpointManager, step: int, like: State) -> State:
     """The state saved at `step`, on the host, in the structure of `like`. Checkpoints written
     before states were packed hold the tree itself and restore as such."""
-    target = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
-    shapes = {k: v.shape for k, v in packed_state(target).items()}
+    sizes = packed_sizes(like)
     saved = getattr(mngr.item_metadata(step), "tree", None)
-    if isinstance(saved, dict) and set(saved) == set(shapes):
+    if isinstance(saved, dict) and set(saved) == set(sizes):
         packed = mngr.restore(step, args=ocp.args.StandardRestore(
-            {k: np.zeros(v, k) for k, v in shapes.items()}))
+            {k: np.zeros(n, k) for k, n in sizes.items()}))
         return unpacked_state(packed, like)
+    target = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
     return jax.tree_util.tree_map(np.asarray, mngr.restore(
         step, args=ocp.args.StandardRestore(target)))
 

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.table import format_table  # noqa: E402
 from astra_jax.batching import (exact_sizes, feature_dims, labels_of, pack_batch,  # noqa: E402
-                                pack_shards, plan_batches, run_bucket)
+                                pack_shards, plan_batches, run_bucket, trace_sizes)
 from astra_jax.features import HashingEmbedder, featurise  # noqa: E402
 from astra_jax.train import COMPILES, TrainConfig, init_state, make_steps  # noqa: E402
 from data_gen.sim.generate import GenConfig, generate  # noqa: E402
@@ -48,8 +48,9 @@ def train_rate(feats, labels, batch_size: int, exact: bool = False
         chunks = [list(range(i, min(i + batch_size, len(feats))))
                   for i in range(0, len(feats), batch_size)]
     else:
-        sizes = run_bucket(feats, batch_size)
-        chunks = plan_batches(feats, np.arange(len(feats)), batch_size, sizes)
+        each = trace_sizes(feats)
+        sizes = run_bucket(each, batch_size)
+        chunks = plan_batches(each, np.arange(len(feats)), batch_size, sizes)
     packed = []
     for ix in chunks:
         f, lab = [feats[j] for j in ix], [labels[j] for j in ix]

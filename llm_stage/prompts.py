@@ -81,6 +81,19 @@ def task_block(trace: Trace) -> str:
         ", ".join(one_line(a) for a in trace.agents)
 
 
+def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest x in lo..hi with `fits(x)`, by binary search (`fits` true up to some x and
+    false after it); None when none fits."""
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
 def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, budget: int,
          count: TokenCounter, ranked: tuple[int, ...] = ()) -> Prompt:
     """Largest per-step content cap that fits; drop tiers (last first) if even headers do not.
@@ -100,18 +113,12 @@ def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, b
         msgs, tokens = make(shown, None)
         if tokens <= budget:
             return Prompt(msgs, tuple(sorted(shown)), tokens, cut)
-        if make(shown, 0)[1] > budget:
+        if make(shown, 0)[1] > budget:  # even bare headers overflow: nothing to search
             return None
-        lo, hi = 0, max(len(trace.steps[i].content) for i in shown)
-        best = None
-        while lo <= hi:  # binary search on the cap, in characters
-            mid = (lo + hi) // 2
-            msgs, tokens = make(shown, mid)
-            if tokens <= budget:
-                best, lo = (msgs, tokens), mid + 1
-            else:
-                hi = mid - 1
-        return None if best is None else Prompt(best[0], tuple(sorted(shown)), best[1], True)
+        cap = _largest(0, max(len(trace.steps[i].content) for i in shown),
+                       lambda c: make(shown, c)[1] <= budget)  # the cap, in characters
+        msgs, tokens = make(shown, cap)
+        return Prompt(msgs, tuple(sorted(shown)), tokens, True)
 
     for n_tiers in range(len(tiers), 0, -1):
         shown: dict[int, str] = {}
@@ -120,13 +127,8 @@ def _fit(trace: Trace, tiers: list[dict[int, str]], intro: str, question: str, b
         if (got := fitted(shown, n_tiers < len(tiers))) is not None:
             return got
     ranked = tuple(i for i in ranked if i in tiers[0])
-    lo, hi, most = 1, len(ranked) - 1, 0
-    while lo <= hi:  # binary search on how many of the ranked steps' headers fit
-        k = (lo + hi) // 2
-        if make({i: tiers[0][i] for i in ranked[:k]}, 0)[1] <= budget:
-            most, lo = k, k + 1
-        else:
-            hi = k - 1
+    most = _largest(1, len(ranked) - 1,  # how many of the ranked steps' bare headers fit
+                    lambda k: make({i: tiers[0][i] for i in ranked[:k]}, 0)[1] <= budget)
     if most and (got := fitted({i: tiers[0][i] for i in ranked[:most]}, True)) is not None:
         return got
     raise ValueError(f"trace {trace.trace_id}: a token budget of {budget} cannot hold the "

@@ -121,14 +121,14 @@ def test_packing_pads_to_buckets_and_keeps_targets():
 def test_a_run_plans_batches_of_one_size_that_fit_and_keep_the_order():
     traces = _sim(30, 3)
     feats = featurise(traces, HashingEmbedder())
-    sizes = run_bucket(feats, 4)
     each = trace_sizes(feats)
+    sizes = run_bucket(each, 4)
     need = np.maximum(4 * each.mean(0), each.max(0)) + 1
     # room for 4 average traces, and at most a half step more (or the smallest size)
     assert all(n <= s and (s <= 1.5 * n or s == lo)
                for n, s, lo in zip(need, sizes, SMALLEST_BUCKET))
     order = np.random.default_rng(0).permutation(len(feats))
-    batches = plan_batches(feats, order, 4, sizes)
+    batches = plan_batches(each, order, 4, sizes)
     assert [j for b in batches for j in b] == order.tolist()  # every trace once, in order
     for b in batches:
         assert 1 <= len(b) <= 4 and (each[b].sum(0) < np.array(sizes)).all()
@@ -137,7 +137,7 @@ def test_a_run_plans_batches_of_one_size_that_fit_and_keep_the_order():
         assert len(b) == 4 or (each[b].sum(0) + each[nxt[0]] >= np.array(sizes)).any()
     small = (int(each[:, 0].max()), 10**6, 10**6)
     try:
-        plan_batches(feats, order, 4, small)
+        plan_batches(each, order, 4, small)
     except ValueError as e:
         assert str(small) in str(e)
     else:
