@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from astra_cli.data_commands import positive_int
+from astra_cli.data_commands import positive_int, share
 from astra_cli.table import format_table
 from data_gen.readers import load_valid_traces
 
@@ -25,7 +25,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="validation traces; the best epoch on them is kept (default: none, the "
                    "last epoch is kept)")
     t.add_argument("--out", type=Path, required=True, help="run directory (resumes if present)")
-    t.add_argument("--real-weight", type=float, default=0.5,
+    t.add_argument("--real-weight", type=share, default=0.5,
                    help="when simulated traces and real logs are mixed, the share of each "
                    "epoch's traces that are real logs (real logs are repeated to reach it)")
     t.add_argument("--init", type=Path,

@@ -17,7 +17,7 @@ from typing import Any
 
 from astra_cli.coarse_commands import (DEFAULT_JOBS, predict_traces, train_config,
                                        usable_for_training)
-from astra_cli.data_commands import positive_int
+from astra_cli.data_commands import positive_int, share
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, write_stage_file
 from data_gen.trace import Trace
@@ -37,7 +37,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="pair each member with one trained from scratch on the fold's logs "
                    "alone for E epochs, their probabilities averaged (0: none)")
     c.add_argument("--seed", type=int, default=0, help="seeds the folds and the models")
-    c.add_argument("--real-weight", type=float, default=0.5)
+    c.add_argument("--real-weight", type=share, default=0.5)
     c.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
     c.add_argument("--drop-evidence", default="", help="evidence groups to leave out")
     c.add_argument("--top-k", type=int, default=3)

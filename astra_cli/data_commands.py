@@ -41,6 +41,17 @@ def positive_int(text: str) -> int:
     return n
 
 
+def share(text: str) -> float:
+    """An argparse type for a share of a whole that must lie strictly between 0 and 1."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, not {x}")
+    return x
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gen", help="simulate agent-team runs with injected, verified faults")
     g.add_argument("--tasks", type=int, default=1000, help="tasks; each gives up to 3 traces")

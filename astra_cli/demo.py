@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, validate_paths
+from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, share, validate_paths
 from astra_cli.recipe import Recipe
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
@@ -35,6 +35,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--replay", type=int, default=Recipe.replay,
                    help="simulated traces replayed beside the real logs when fine-tuning, so "
                    "the model keeps the simulated task (0: none)")
+    d.add_argument("--real-weight", type=share, default=Recipe.real_weight,
+                   help="the real logs' share of each fine-tuning epoch (real logs are repeated "
+                   "to reach it, at least once each)")
     d.add_argument("--members", type=positive_int, default=Recipe.members,
                    help="coarse models trained with different seeds, their predictions averaged")
     d.add_argument("--real-only-epochs", type=int, default=Recipe.real_only_epochs,
@@ -103,6 +106,7 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
         splits[name] = load_traces(path).traces
     recipe = Recipe(members=args.members, sim_epochs=args.epochs, real_epochs=args.real_epochs,
                     folds=args.folds, seed=args.seed, replay=args.replay,
+                    real_weight=args.real_weight,
                     real_only_epochs=args.real_only_epochs)
     built = build_coarse_model(recipe, train_traces, splits["val"], dev_traces, args.out)
     sim_run, run, cv = built["sim_run"], built["run"], built["cv"]
@@ -182,7 +186,8 @@ def _export(args: argparse.Namespace, run: Path, recipe) -> None:
     cfg, members, _ = load_coarse(run)
     command = (f"astra demo --coarse-only --tasks {args.tasks} --seed {args.seed} "
                f"--members {recipe.members} --epochs {recipe.sim_epochs} --real-epochs "
-               f"{recipe.real_epochs} --replay {recipe.replay} --folds {recipe.folds} "
+               f"{recipe.real_epochs} --replay {recipe.replay} --real-weight {recipe.real_weight} "
+               f"--folds {recipe.folds} "
                f"--real-only-epochs {recipe.real_only_epochs} "
                f"--dev-logs {args.dev_logs.name}")
     provenance = run_provenance(run, args.out / "cv" / "eval.json", command)

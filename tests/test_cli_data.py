@@ -70,3 +70,13 @@ def test_gen_llm_mode_against_loopback_endpoint(chat_server, tmp_path):
     traces = load_traces(out).traces
     assert traces and all(t.source.get("text") == "llm" for t in traces)
     assert chat_server.count == sum(len(t.steps) for t in traces)
+
+
+@pytest.mark.parametrize("command", [["train", "x.jsonl", "--out", "r"], ["cv", "x", "--out", "r"],
+                                     ["demo"]])
+@pytest.mark.parametrize("weight", ["0", "1", "1.5", "-0.2", "half"])
+def test_a_real_weight_outside_0_and_1_is_refused_before_any_work(command, weight, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--real-weight", weight])
+    assert e.value.code == 2
+    assert "--real-weight" in capsys.readouterr().err

@@ -129,3 +129,19 @@ def test_the_recipe_is_reproducible(tmp_path):
         assert built["cv"]["cv"]["real_only_members"] == 1
     assert tables[0] == tables[1]
 
+
+
+def test_the_recipe_mixes_each_fold_as_it_mixes_the_final_model():
+    """Cross-validation stands for the final model only if each fold's fine-tuning repeats its
+    logs as the final model's does: with the recipe's replay and real weight, every training
+    set of a 5-fold split of the 126 development logs and the whole set get the same repeats."""
+    from types import SimpleNamespace
+
+    from astra_cli.recipe import Recipe
+    from astra_jax.train import real_repeats
+
+    recipe = Recipe()
+    sim = [SimpleNamespace(variant="fatal")] * recipe.replay
+    repeats = {real_repeats(sim + [SimpleNamespace(variant=None)] * n, recipe.real_weight)
+               for n in (100, 101, 126)}
+    assert len(repeats) == 1 and repeats.pop() >= 1
