@@ -63,6 +63,12 @@ class TrainConfig:
     drop_evidence: str = ""  # comma-separated evidence groups left out (ablations)
     init: str = ""  # a trained run to start from (fine-tuning); its model config must match
 
+    def __post_init__(self) -> None:
+        # a share of 0 or 1 would silently mean "no mixing": say so at the boundary instead
+        if not 0 < self.real_weight < 1:
+            raise ValueError(f"real_weight is the real logs' share of an epoch, strictly between "
+                             f"0 and 1, not {self.real_weight}")
+
     @property
     def dropped(self) -> tuple[str, ...]:
         return tuple(g.strip() for g in self.drop_evidence.split(",") if g.strip())
@@ -417,7 +423,7 @@ def real_repeats(traces: list[Trace], real_weight: float) -> int:
     `real_weight` of the epoch's traces (each at least once; 1 when only one kind is given)."""
     n_real = sum(is_real(t) for t in traces)
     n_sim = len(traces) - n_real
-    if not n_real or not n_sim or not 0 < real_weight < 1:
+    if not n_real or not n_sim:
         return 1
     return max(1, round(real_weight / (1 - real_weight) * n_sim / n_real))
 
@@ -764,7 +770,10 @@ def override(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
             value = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
         except ValueError:
             raise ValueError(f"setting {item!r}: {raw!r} is not a valid {kind.__name__}") from None
-        new = dataclasses.replace(target, **{path[-1]: value})
+        try:
+            new = dataclasses.replace(target, **{path[-1]: value})
+        except ValueError as e:
+            raise ValueError(f"setting {item!r}: {e}") from None
         cfg = dataclasses.replace(cfg, model=new) if len(path) == 2 else new
     return cfg
 

@@ -80,3 +80,13 @@ def test_a_real_weight_outside_0_and_1_is_refused_before_any_work(command, weigh
         main([*command, "--real-weight", weight])
     assert e.value.code == 2
     assert "--real-weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weight", ["0", "1", "2.5"])
+def test_a_real_weight_outside_0_and_1_is_refused_by_the_library_and_by_set(weight, capsys):
+    from astra_jax.train import TrainConfig
+    with pytest.raises(ValueError, match="real_weight"):
+        TrainConfig(real_weight=float(weight))
+    assert main(["train", "x.jsonl", "--out", "r", "--set", f"real_weight={weight}"]) == 2
+    err = capsys.readouterr().err
+    assert f"setting 'real_weight={weight}'" in err and "strictly between 0 and 1" in err
