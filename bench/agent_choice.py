@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.data_commands import DEV_LOGS  # noqa: E402
 from astra_cli.table import format_table  # noqa: E402
 from astra_eval.scoring import first_invocation  # noqa: E402
-from data_gen.dhcg import build_dhcg  # noqa: E402
+from data_gen.dhcg import EDGE_TYPES, build_dhcg  # noqa: E402
 from data_gen.evidence import EVIDENCE_COLUMNS, step_evidence  # noqa: E402
 from data_gen.readers import load_traces  # noqa: E402
 from data_gen.stage_files import coarse_choice, read_stage_rows  # noqa: E402
@@ -29,7 +29,9 @@ from data_gen.trace import CANDIDATES_SCHEMA, Trace  # noqa: E402
 FACTS = ("model log-score", "wrote the first tool call or code", "first to speak", "last to speak",
          "share of the log's steps", "first states the final answer's value",
          "claim without evidence", "a value a later step contradicts",
-         "a value another agent corrects", "name says it verifies", "step 0 is its")
+         "a value another agent corrects", "name says it verifies", "step 0 is its",
+         "wrote the last tool call or code", "wrote the code run just before the final answer's "
+         "value first appears")
 
 
 def agent_facts(trace: Trace, candidates: dict) -> tuple[list[str], np.ndarray]:
@@ -40,17 +42,29 @@ def agent_facts(trace: Trace, candidates: dict) -> tuple[list[str], np.ndarray]:
     team = [s.agent for s in trace.steps if not g.agent_is_env[g.step_agent[s.index]]]
     team = team or [s.agent for s in trace.steps]
     invoker = trace.steps[first_invocation(trace)].agent
+    invoking = set(g.senders[g.edge_type == EDGE_TYPES.index("invoke")].tolist())
+    calls = [s.index for s in trace.steps
+             if g.step_node[s.index] in invoking and not g.agent_is_env[g.step_agent[s.index]]]
+    last_caller = trace.steps[calls[-1]].agent if calls else None
+    answer = np.flatnonzero(col["answer_first"])
+    before = [i for i in calls if answer.size and i <= answer[0]]
+    answer_caller = (trace.steps[before[-1]].agent if before
+                     else trace.steps[answer[0]].agent if answer.size else None)
     names, rows = [], []
     for a in candidates["agents"]:
         mine = [s.index for s in trace.steps if s.agent == a["agent"]]
-        has = (lambda c: float(col[c][mine].max())) if mine else (lambda c: 0.0)
+
+        def has(column: str) -> float:
+            return float(col[column][mine].max()) if mine else 0.0
+
         names.append(a["agent"])
         rows.append([np.log(max(a["score"], 1e-6)), float(a["agent"] == invoker),
                      float(team[0] == a["agent"]), float(team[-1] == a["agent"]),
                      len(mine) / len(trace.steps), has("answer_first"), has("unsupported"),
                      has("contradicted"), has("corrected_later"),
                      float(any(w in a["agent"].lower() for w in ("verif", "check", "review"))),
-                     float(0 in mine)])
+                     float(0 in mine), float(a["agent"] == last_caller),
+                     float(a["agent"] == answer_caller)])
     return names, np.array(rows)
 
 
@@ -78,7 +92,7 @@ def cv_accuracy(xs: list[np.ndarray], ys: list[int], cols: list[int], l2: float,
         right = 0
         for f in range(folds):
             test = order[f::folds]
-            train = [i for i in order if i not in set(test)]
+            train = np.setdiff1d(order, test)
             w = fit([xs[i][:, cols] for i in train], [ys[i] for i in train], l2)
             right += sum(int(np.argmax(xs[i][:, cols] @ w) == ys[i]) for i in test)
         accs.append(right / len(xs))
