@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from data_gen.dhcg import EDGE_TYPES, build_dhcg
+from data_gen.dhcg import DHCG, EDGE_TYPES, build_dhcg
 from data_gen.trace import VERDICT_SCHEMA, Trace, normalise_agent as norm
 
 
@@ -130,17 +130,28 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 FIRST_INVOCATION = "first tool call or code block"
 
 
-def first_invocation(trace: Trace) -> int:
-    """Position of the first step in which a team agent (not the environment: DHCG rule R6)
-    calls a tool or hands code to an executor (rule R2's invoke edge); the team's first step
+def team_steps(g: DHCG) -> list[int]:
+    """Positions of the steps written by team agents (not the environment: DHCG rule R6); every
+    step when the log has no team agent."""
+    team = [i for i in range(len(g.step_agent)) if not g.agent_is_env[g.step_agent[i]]]
+    return team or list(range(len(g.step_agent)))
+
+
+def team_invocations(g: DHCG) -> list[int]:
+    """Positions, in order, of the team steps (`team_steps`) that call a tool or hand code to an
+    executor (rule R2's invoke edge)."""
+    invoking = set(g.senders[g.edge_type == EDGE_TYPES.index("invoke")].tolist())
+    return [i for i in team_steps(g) if g.step_node[i] in invoking]
+
+
+def first_invocation(trace: Trace, g: DHCG | None = None) -> int:
+    """Position of the first team step that invokes (`team_invocations`); the team's first step
     when none does. Where agents work by running code, the first attempt is often where a run
     goes wrong: on the development logs this rule names the labelled agent as often as the
     coarse model, so every table shows it."""
-    g = build_dhcg(trace)
-    invoking = set(g.senders[g.edge_type == EDGE_TYPES.index("invoke")].tolist())
-    team = [i for i in range(len(trace.steps)) if not g.agent_is_env[g.step_agent[i]]]
-    team = team or list(range(len(trace.steps)))
-    return next((i for i in team if g.step_node[i] in invoking), team[0])
+    g = build_dhcg(trace) if g is None else g
+    calls = team_invocations(g)
+    return calls[0] if calls else team_steps(g)[0]
 
 
 def baseline_verdicts(traces: list[Trace], ours: dict[str, dict], seed: int = 0

@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.data_commands import DEV_LOGS  # noqa: E402
 from astra_cli.table import format_table  # noqa: E402
-from astra_eval.scoring import first_invocation  # noqa: E402
-from data_gen.dhcg import EDGE_TYPES, build_dhcg  # noqa: E402
+from astra_eval.scoring import first_invocation, team_invocations, team_steps  # noqa: E402
+from data_gen.dhcg import build_dhcg  # noqa: E402
 from data_gen.evidence import EVIDENCE_COLUMNS, step_evidence  # noqa: E402
 from data_gen.readers import load_traces  # noqa: E402
 from data_gen.stage_files import coarse_choice, read_stage_rows  # noqa: E402
@@ -39,12 +39,9 @@ def agent_facts(trace: Trace, candidates: dict) -> tuple[list[str], np.ndarray]:
     ev = step_evidence(trace)
     col = {c: ev[:, i] for i, c in enumerate(EVIDENCE_COLUMNS)}
     g = build_dhcg(trace)
-    team = [s.agent for s in trace.steps if not g.agent_is_env[g.step_agent[s.index]]]
-    team = team or [s.agent for s in trace.steps]
-    invoker = trace.steps[first_invocation(trace)].agent
-    invoking = set(g.senders[g.edge_type == EDGE_TYPES.index("invoke")].tolist())
-    calls = [s.index for s in trace.steps
-             if g.step_node[s.index] in invoking and not g.agent_is_env[g.step_agent[s.index]]]
+    team = [trace.steps[i].agent for i in team_steps(g)]
+    invoker = trace.steps[first_invocation(trace, g)].agent
+    calls = team_invocations(g)
     last_caller = trace.steps[calls[-1]].agent if calls else None
     answer = np.flatnonzero(col["answer_first"])
     before = [i for i in calls if answer.size and i <= answer[0]]
