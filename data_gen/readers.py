@@ -21,6 +21,7 @@ import dataclasses
 import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -228,7 +229,31 @@ def load_traces(paths: str | Path | Iterable[str | Path], **kw) -> LoadReport:
                 report.traces.append(trace)
                 where = trace.source.get("path", trace.trace_id)
                 report.warnings += [f"{where}: {w}" for w in warnings]
+    report.traces, renamed = unique_ids(report.traces)
+    report.warnings += renamed
     return report
+
+
+def unique_ids(traces: list[Trace]) -> tuple[list[Trace], list[str]]:
+    """Traces whose ids collide get their file's folder name in front (`Hand-Crafted/1` beside
+    `Algorithm-Generated/1`: Who&When names a log after its file, and both of its subsets have
+    a `1.json`), so that every stage can key a trace by its id. The same paths always give the
+    same ids; each renaming is returned as a warning."""
+    count: dict[str, int] = {}
+    for t in traces:
+        count[t.trace_id] = count.get(t.trace_id, 0) + 1
+    out, renamed = [], []
+    for t in traces:
+        if count[t.trace_id] > 1 and "path" in t.source:
+            new = f"{Path(t.source['path']).parent.name}/{t.trace_id}"
+            renamed.append(f"{t.trace_id!r} → {new!r}")
+            t = dataclasses.replace(t, trace_id=new)
+        out.append(t)
+    notes = [f"{len(renamed)} records share a trace id with a record of another folder and are "
+             f"named FOLDER/ID ({', '.join(renamed[:2])}, ...)"] if renamed else []
+    left = [tid for tid, n in Counter(t.trace_id for t in out).items() if n > 1]
+    notes += [f"trace id {tid!r} is still shared by several records of one folder" for tid in left]
+    return out, notes
 
 
 def load_valid_traces(paths: Iterable[str | Path]) -> list[Trace]:

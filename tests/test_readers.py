@@ -26,6 +26,17 @@ def test_every_development_log_loads_with_its_label_intact():
         "14.json", "15.json", "59.json"]
 
 
+def test_records_of_two_folders_sharing_an_id_are_told_apart_by_folder():
+    both = load_traces(DEV.parent)
+    ids = [t.trace_id for t in both.traces]
+    assert len(ids) == 184 and len(set(ids)) == 184
+    assert "Hand-Crafted/1" in ids and "Algorithm-Generated/1" in ids
+    assert any("share a trace id" in w for w in both.warnings)
+    assert load_traces(DEV.parent).traces[0].trace_id == both.traces[0].trace_id  # stable
+    alone = load_traces(DEV / "1.json").traces[0]
+    assert alone.trace_id == "1"  # no collision, no renaming
+
+
 def test_native_round_trip_is_exact():
     t = load_traces(DEV / "30.json").traces[0]
     assert "labels" in t.extra  # record 30's extra key survives

@@ -163,3 +163,46 @@ def test_cross_validation_never_tests_on_training_logs(tmp_path, capsys):
     assert main(["cv", str(DEV), "--folds", "2", "--out", str(tmp_path / "neg"),
                  "--real-only-epochs", "-1"]) == 2
     assert "real-only epochs must be 0 or more, not -1" in capsys.readouterr().err
+
+
+def test_leave_one_framework_out_never_scores_a_framework_it_trained_on(tmp_path, capsys):
+    from astra_cli.cv_command import framework_folds, repeat_over_seeds
+    from astra_cli.main import main
+    from astra_eval.folds import framework_of
+
+    hand = DEV.parent / "Hand-Crafted"
+    logs = load_traces([DEV / f"{i}.json" for i in range(1, 5)] +
+                       [hand / f"{i}.json" for i in (1, 2, 3, 4)]).traces
+    bare = Trace("no-framework", Task("q"), (Step(0, "A", "hi"), Step(1, "B", "42")),
+                 label=logs[0].label.__class__("A", 0))
+    small = dataclasses.replace(logs[0], trace_id="tracer",
+                                system=dataclasses.replace(logs[0].system, framework="metagpt"))
+    named, folds = framework_folds(logs + [bare, small], min_logs=3)
+    err = capsys.readouterr().err
+    assert "skipped (framework unknown: set system.framework): no-framework" in err
+    assert "not held out (only 1 logs of metagpt" in err
+    assert [f.name for f in folds] == ["autogen-captainagent", "magentic-one"]
+    assert all({framework_of(named[j]) for j in f.test} == {f.name} for f in folds)
+    assert "tracer" in {t.trace_id for t in named}  # trained on by both folds
+
+    cfg = dataclasses.replace(TINY, epochs=1)
+    report = repeat_over_seeds(named, [], cfg, folds, 2, 1, tmp_path / "lofo", progress=False)
+    for fold_file in (tmp_path / "lofo").glob("seed-*/folds.json"):
+        for f in json.loads(fold_file.read_text()):
+            trained = json.loads((fold_file.parent / f"fold-{f['fold']}" / "data.json")
+                                 .read_text())["train"]
+            assert not {t for t in trained if framework_of(
+                next(x for x in named if x.trace_id == t)) == f["name"]}
+            assert "tracer" in trained
+    assert set(report["subsets"]) == {"autogen-captainagent", "magentic-one"}
+    spread = report["seeds"]["sets"]["magentic-one"]
+    ours = spread["ASTRA-JAX coarse, leave-one-framework-out"]
+    assert ours["n"] == 4 and len(ours["step_acc"]["per_seed"]) == 2
+    assert ours["step_acc"]["mean"] == pytest.approx(np.mean(ours["step_acc"]["per_seed"]))
+    assert "predicted agent, its first step" in spread and "random" in spread
+    assert "## Mean over seeds 0, 1" in (tmp_path / "lofo" / "eval.md").read_text()
+
+    # logs of one framework cannot be held out by framework
+    assert main(["cv", str(DEV / "1.json"), str(DEV / "2.json"), "--by-framework", "--out",
+                 str(tmp_path / "one")]) == 2
+    assert "needs logs of at least two frameworks" in capsys.readouterr().err
