@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from data_gen import otlp
+from data_gen.marks import Mark, with_marks
 from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records
 from data_gen.trace import (MAX_CONTENT_CHARS, AgentSpec, Label, Outcome, Step, System, Task, Trace,
                             TraceError, _need, check_content, check_trace, trace_from_dict)
@@ -124,6 +125,8 @@ def from_whowhen(d: dict, fmt: str, max_chars: int = MAX_CONTENT_CHARS) -> Trace
               for k, v in (prompts or {}).items()]
     known = {a.name for a in agents}
     agents += [AgentSpec(name=a) for a in dict.fromkeys(s.agent for s in steps) if a not in known]
+    agents = [dataclasses.replace(a, kind=m.kind, kind_reason=m.reason) if m else a
+              for a, m in ((a, _whowhen_mark(a, steps, prompts, fmt)) for a in agents)]
     label = _label(d)
     extra = {k: v for k, v in d.items() if k not in _MAPPED_KEYS}
     # the success flag: `is_correct`; Who&When's hand-crafted records spell it `is_corrected`
@@ -149,6 +152,21 @@ def from_whowhen(d: dict, fmt: str, max_chars: int = MAX_CONTENT_CHARS) -> Trace
     return trace
 
 
+def _whowhen_mark(spec: AgentSpec, steps: list[Step], prompts: dict | None, fmt: str
+                  ) -> Mark | None:
+    """The format's word on an entity (data_gen/marks.py), None where it has none: Who&When's
+    `system_prompt` holds the prompt of every LLM agent, so a speaker without one is not an LLM
+    (AutoGen's code executor); TracerTraj's `system` role is the harness."""
+    mine = [s for s in steps if s.agent == spec.name]
+    if fmt == "whowhen-algorithm" and prompts and mine:
+        if spec.name in prompts:
+            return Mark("agent", "has a system prompt")
+        return Mark("tool", "no system prompt, while the log gives its teammates': not an LLM")
+    if fmt == "tracertraj" and mine and all(s.role == "system" for s in mine):
+        return Mark("human", "speaks only in the system role (the harness)")
+    return None
+
+
 def _gt(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -170,6 +188,7 @@ def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Tra
             stem = Path(raw.source).stem
             tid = stem if raw.record is None else f"{stem}:{raw.record}"
             trace = dataclasses.replace(trace, trace_id=tid)
+        trace = with_marks(trace)
         warnings = check_trace(trace)
     except TraceError as e:
         raise e.located(raw.source, raw.record) from None
