@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from data_gen.files import RawRecord
+from data_gen.marks import with_marks
 from data_gen.trace import (ENTITY_KINDS, MAX_CONTENT_CHARS, STEP_KINDS, VARIANTS, AgentSpec,
                             Label, Outcome, Step, System, Task, ToolCall, Trace, TraceError,
                             check_content, check_trace)
@@ -716,7 +717,7 @@ def to_otlp(trace: Trace, start_unix_nano: int = 1_700_000_000_000_000_000) -> d
                                                      "agent.name": agent}))
         spans += [_step_span(s, tid, ids[s.index], turn_id, *times[s.index],
                              [ids[r] for r in s.refs]) for s in run]
-    a = trace.system.agents
+    a = with_marks(trace).system.agents  # every entity's mark goes with it
     root = {"openinference.span.kind": "CHAIN", "astra.trace_id": trace.trace_id,
             "astra.task.question": trace.task.question,
             "astra.task.ground_truth": trace.task.ground_truth,
