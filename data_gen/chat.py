@@ -146,9 +146,11 @@ def from_chat(d: Any, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Trace, list[s
             tool_name = name if role in ("tool", "function") else None
             for cid in ids:
                 if isinstance(cid, str) and cid in calls:
-                    tool_name = tool_name or calls.pop(cid)[1]
+                    answered_name = calls.pop(cid)[1]
+                    tool_name = tool_name or answered_name
                 elif role == "function" and legacy and (name is None or legacy[-1][1] == name):
-                    tool_name = tool_name or legacy.pop()[1]
+                    answered_name = legacy.pop()[1]
+                    tool_name = tool_name or answered_name
                 else:
                     warnings.append(f"{where}: tool result {cid!r} answers no call before it")
             agent = tool_name or "tool"
