@@ -201,3 +201,14 @@ def test_dhcg_arrays_match_the_prefix_rules_on_dev_logs():
                 assert ("human" in got) == ("Hand-Crafted" in path), path
             elif k != "agent_is_env" or "Hand-Crafted" not in path:
                 assert _digest(getattr(g, k)) == d, (path, k)
+
+
+def test_the_report_shows_who_is_not_an_agent_and_a_single_agents_run():
+    from astra_eval.html_report import trace_page
+
+    t = load_traces(EXAMPLES / "chat_openai.json").traces[0]
+    html = trace_page(t, None, None)
+    assert SINGLE_AGENT in html and 'id="not-agents"' in html
+    assert "answers tool calls" in html and "system messages (the harness)" in html
+    team = load_traces(HERE / "chat" / "openai_legacy.json").traces[0]
+    assert SINGLE_AGENT not in trace_page(team, None, None)
