@@ -56,6 +56,16 @@ def answers_call(trace: Trace, index: int) -> bool:
                                       or bool(_FENCED.search(prev.content)))
 
 
+def _only_answers(trace: Trace, mine: list) -> bool:
+    """S3: most turns answer an invocation, and none opens the log, follows the entity's own
+    turn, invokes, addresses anyone, thinks aloud or speaks in the first person."""
+    if 2 * sum(answers_call(trace, s.index) for s in mine) <= len(mine):
+        return False
+    return all(s.index > 0 and trace.steps[s.index - 1].agent != s.agent and s.to is None
+               and s.kind != "thought" and s.tool is None and not _CODE.search(s.content)
+               and not _FIRST_PERSON.search(s.content) for s in mine)
+
+
 def structure_marks(trace: Trace) -> dict[str, Mark]:
     """Marks from the run's structure alone (rules S1-S3 above), for every entity of the log."""
     steps = trace.steps
@@ -68,11 +78,7 @@ def structure_marks(trace: Trace) -> dict[str, Mark]:
         elif (len(mine) == 1 and mine[0].index == 0 and len(trace.agents) > 1 and question
               and _ws(mine[0].content).startswith(question)):
             out[name] = Mark("human", "opens the log with the task and never speaks again")
-        elif len(trace.agents) > 1 and 2 * sum(answers_call(trace, s.index) for s in mine) > len(
-                mine) and all(
-                s.index > 0 and steps[s.index - 1].agent != name and s.to is None
-                and s.kind != "thought" and s.tool is None and not _CODE.search(s.content)
-                and not _FIRST_PERSON.search(s.content) for s in mine):
+        elif len(trace.agents) > 1 and _only_answers(trace, mine):
             out[name] = Mark("tool", "mostly answers others' tool calls or code; never acts, "
                                      "addresses anyone or speaks in the first person")
         else:

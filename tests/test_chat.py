@@ -212,3 +212,25 @@ def test_the_report_shows_who_is_not_an_agent_and_a_single_agents_run():
     assert "answers tool calls" in html and "system messages (the harness)" in html
     team = load_traces(HERE / "chat" / "openai_legacy.json").traces[0]
     assert SINGLE_AGENT not in trace_page(team, None, None)
+
+
+def test_run_structure_marks_a_tool_without_reading_names():
+    """A Who&When-layout log with no system_prompt: the entity that answers each code block with
+    bare output is a tool (S3), whatever it is called; one who opens with the task and never
+    speaks again is the human (S2); a reviewer who answers prose stays an agent."""
+    code = "```python\nprint(search('Paris population'))\n```"
+    for tool in ("Tool_executor", "Planner"):
+        rec = {"question": "Population of Paris?", "history": [
+            {"name": "Asker", "role": "user", "content": "Population of Paris?"},
+            {"name": "Research_Agent", "role": "assistant", "content": code},
+            {"name": tool, "role": "user", "content": "2,102,650 (2023 census)"},
+            {"name": "Research_Agent", "role": "assistant", "content": code},
+            {"name": tool, "role": "user", "content": "2,102,650"},
+            {"name": "Reviewer", "role": "assistant", "content": "Looks right: 2,102,650."},
+            {"name": "Research_Agent", "role": "assistant", "content": "2.1 million"}]}
+        t, _ = read_record(RawRecord("ww.json", None, rec))
+        assert _kinds(t) == {"Asker": "human", "Research_Agent": "agent", tool: "tool",
+                             "Reviewer": "agent"}
+        g = build_dhcg(t)
+        ret = {int(r) for r, e in zip(g.receivers, g.edge_type) if EDGE_TYPES[e] == "return"}
+        assert {int(g.step_node[2]), int(g.step_node[4])} <= ret  # R3: the answers are output
