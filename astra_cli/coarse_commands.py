@@ -8,6 +8,7 @@ from pathlib import Path
 from astra_cli.data_commands import positive_int, share
 from astra_cli.table import format_table
 from data_gen.readers import load_valid_traces
+from data_gen.stage_files import SINGLE_AGENT
 
 # models trained at once where a command trains several (ensemble members, cross-validation's
 # folds), on one device: on a CPU one training keeps about 1.6 cores busy (XLA's threads wait on
@@ -57,6 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "from `astra export` (default: the model shipped with the package)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
+    add_mark_args(p)
     p.set_defaults(func=cmd_predict, compiles=True)
 
     a = sub.add_parser("attribute", help="who failed, when, how sure, for one trace")
@@ -64,6 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--run", type=Path, help="a run directory or model file (default: the "
                    "shipped model)")
     a.add_argument("--top-k", type=int, default=3)
+    add_mark_args(a)
     a.set_defaults(func=cmd_attribute, compiles=True)
 
     x = sub.add_parser("export", help="write a trained run or ensemble as one model file "
@@ -77,6 +80,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="float16 halves the file; predictions then differ by about 1e-3")
     x.set_defaults(func=cmd_export)
+
+
+def add_mark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agents", default="", metavar="NAME,...",
+                   help="these entities are agents (can be blamed), whatever the log's "
+                   "structure says")
+    p.add_argument("--not-agents", default="", metavar="NAME,...",
+                   help="these entities are not agents (tools, environment, people): never blamed")
+
+
+def marked_traces(traces: list, args: argparse.Namespace) -> list:
+    """The traces with the user's `--agents` / `--not-agents` applied (data_gen.marks); a name
+    that is in no trace is an error, since a typo would silently change nothing."""
+    from data_gen.marks import override_marks, parse_overrides
+
+    try:
+        overrides = parse_overrides(args.agents, args.not_agents)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    unknown = set(overrides) - {a for t in traces for a in t.agents}
+    if unknown:
+        raise SystemExit(f"error: --agents/--not-agents name {', '.join(sorted(unknown))}, "
+                         "who speak in none of the traces")
+    return [override_marks(t, {n: k for n, k in overrides.items() if n in t.agents})
+            if overrides else t for t in traces]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -217,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from astra_eval.scoring import evaluate
     from data_gen.stage_files import coarse_verdict, write_stage_file
 
-    traces = load_valid_traces(args.data)
+    traces = marked_traces(load_valid_traces(args.data), args)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1
@@ -236,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    traces = load_valid_traces([args.trace])
+    traces = marked_traces(load_valid_traces([args.trace]), args)
     if not traces:
         return 1
     t = traces[0]
@@ -245,6 +273,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     step = top["steps"][0]
     print(f"trace {t.trace_id}: {len(t.steps)} steps, failure probability "
           f"{c['failure_prob']:.2f}, uncertainty {c['uncertainty']:.2f}")
+    if c.get("not_agents"):
+        print(format_table(("not an agent (never blamed)", "read as", "why"),
+                           [(x["entity"], x["kind"], x["reason"]) for x in c["not_agents"]]))
+    if c.get("single_agent"):
+        print(f"{SINGLE_AGENT}: {top['agent']} decides everything")
     print(f"who:  {top['agent']}  (score {top['score']:.2f})")
     span = t.steps[step["step"]].extra.get("span_id")
     print(f"when: step {step['step']}{f', span {span}' if span else ''}  "

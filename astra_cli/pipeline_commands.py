@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from data_gen.readers import load_valid_traces
-from data_gen.stage_files import coarse_verdict, read_stage_rows, write_stage_file
+from data_gen.stage_files import (SINGLE_AGENT, coarse_verdict, read_stage_rows,
+                                  write_stage_file)
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA, Trace
 from llm_stage.cli import add_answer_tokens_arg, add_backend_args
 from llm_stage.strategies import ANSWER_TOKENS
@@ -40,6 +41,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threshold", type=float, default=0.0,
                    help="below this confidence the verdict is reported as unsure")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    from astra_cli.coarse_commands import add_mark_args
+    add_mark_args(r)
     add_backend_args(r.add_argument_group("fine stage (coarse only when neither --model nor "
                                           "--llm-url is given)"))
     r.set_defaults(func=cmd_run, compiles=True)
@@ -146,6 +149,9 @@ def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOp
             if isinstance(v, str):
                 print(f"fine stage failed: {v}", file=sys.stderr)
                 continue
+            if cands.get(v["trace_id"], {}).get("single_agent") and not str(
+                    v.get("reason", "")).startswith(SINGLE_AGENT):
+                v["reason"] = f"{SINGLE_AGENT}; {v.get('reason') or ''}".rstrip("; ")
             coarse = cands.get(v["trace_id"], {}).get("latency_s", 0.0)
             v["latency_s"] = round(v["latency_s"] + coarse, 4)  # the whole pipeline's time
             verdicts[v["trace_id"]] = v
@@ -187,7 +193,8 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    traces = load_valid_traces(args.traces)
+    from astra_cli.coarse_commands import marked_traces
+    traces = marked_traces(load_valid_traces(args.traces), args)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1

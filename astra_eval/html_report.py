@@ -15,6 +15,8 @@ from typing import Any, Iterable
 from astra_eval import svg
 from astra_eval.markdown import COLUMNS, cell, summary_rows
 from data_gen.dhcg import EDGE_TYPES, NODE_TYPES, build_dhcg
+from data_gen.marks import not_agents, single_agent
+from data_gen.stage_files import SINGLE_AGENT
 from data_gen.trace import Trace, normalise_agent as norm
 
 STEP_CHARS = 6000  # a step's text shown in full up to this, then folded
@@ -162,6 +164,17 @@ def _scores(cands: dict | None) -> str:
     return info + _table(("candidate agent", "score", "", "top steps (score)"), rows, "scores")
 
 
+def _not_agents(trace: Trace) -> str:
+    """Who was read as a tool, the environment or a human, and why: never blamed."""
+    rows = [(x["entity"], x["kind"], x["reason"]) for x in not_agents(trace)]
+    note = (f'<p class="note">{escape(SINGLE_AGENT)}.</p>' if single_agent(trace) else "")
+    if not rows:
+        return note
+    return (note + '<p class="note">Not agents, so never blamed (the log\'s structure, or '
+            "<code>--agents</code> / <code>--not-agents</code>):</p>"
+            + _table(("entity", "read as", "why"), rows, "not-agents"))
+
+
 def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold: float = 0.0,
                back: str | None = "../index.html") -> str:
     """Who failed where in one trace, with the evidence laid out: verdict, timeline, DHCG,
@@ -184,7 +197,7 @@ def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold
             "Click a step to read it.</p>",
             '<div class="scroll">' + svg.timeline(g.agents, g.step_agent.tolist(), scores, texts,
                                                   step, label, top) + "</div>",
-            "<h2>Scores</h2>", _scores(cands),
+            "<h2>Scores</h2>", _scores(cands), _not_agents(trace),
             "<h2>Dynamic heterogeneous causal graph</h2>", svg.legend(),
             '<div class="scroll">' + svg.dhcg_drawing(
                 g.entities, [NODE_TYPES[int(t)] for t in g.node_type], g.node_step.tolist(),

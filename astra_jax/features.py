@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data_gen import dhcg, evidence
 from data_gen.dhcg import DHCG, NODE_TYPES, STEP_SIGNALS, build_dhcg
 from data_gen.evidence import EVIDENCE_COLUMNS, EVIDENCE_GROUPS, step_evidence
+from data_gen.marks import entity_marks
 from data_gen.trace import Trace
 
 FEATURISER_VERSION = "2"  # 2: step evidence in the metadata; MiniLM head and tail tokens
@@ -203,10 +204,11 @@ def _structure_code() -> str:
 
 def structure_key(trace: Trace) -> str:
     """What a trace's graph and node metadata depend on: its steps (all fields but `extra`,
-    which no rule reads), its final answer, and the code that computes them."""
+    which no rule reads), its final answer, its entity marks, and the code that computes them."""
     body = json.dumps([[s.index, s.agent, s.content, s.kind, s.to, s.role,
                         dataclasses.asdict(s.tool) if s.tool else None, list(s.refs)]
-                       for s in trace.steps] + [trace.outcome.final_answer], default=str)
+                       for s in trace.steps] + [trace.outcome.final_answer]
+                      + [[a, m.kind] for a, m in entity_marks(trace).items()], default=str)
     return hashlib.sha256(f"{_structure_code()}|{body}".encode()).hexdigest()[:32]
 
 

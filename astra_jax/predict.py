@@ -11,6 +11,7 @@ from astra_jax.compilation import StoredJit, shared_programs, source_digest
 from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig
 from astra_jax.train import PROGRAM_SOURCES, TrainConfig, predictions
+from data_gen.marks import not_agents
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
 AVERAGED = ("agent_p", "step_p", "fail_p", "uncertainty")
@@ -52,6 +53,8 @@ def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list
         for gi, (t, f) in enumerate(zip(chunk_t, chunk_f)):
             g = f.graph
             a_ix = agent_offset + np.arange(len(g.agents))
+            # only agents are candidates (DHCG rule R6: tools, environment, humans never are)
+            a_ix = a_ix[~g.agent_is_env]
             order = a_ix[np.argsort(-pred["agent_p"][a_ix], kind="stable")][:k]
             agents = []
             for a in order:
@@ -65,7 +68,8 @@ def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list
             out.append({"schema": CANDIDATES_SCHEMA, "trace_id": t.trace_id,
                         "failure_prob": float(pred["fail_p"][gi]),
                         "uncertainty": float(pred["uncertainty"][gi]),
-                        "agents": agents, "model": model_info})
+                        "agents": agents, "not_agents": not_agents(t),
+                        "single_agent": int((~g.agent_is_env).sum()) == 1, "model": model_info})
             node_offset += len(g.node_type)
             agent_offset += len(g.agents)
     return out

@@ -18,13 +18,16 @@ to. Edges run cause → effect and carry a type and the step they belong to:
 Inference rules for real logs (each is tested on development logs):
 R1 addressed: `to` set, else the first agent named in the first line of the text.
 R2 code: a fenced code block makes an invoke edge to tool `python` and an artifact `code`.
-R3 tool output: `exitcode:`, `Traceback`, `Observation:` or a tool_result kind is a return edge.
+R3 tool output: a tool_result step, or a turn of an entity marked tool/environment/human
+   (data_gen/marks.py) that answers an invocation (the step before it, by another entity, calls
+   a tool or holds a fenced code block), is a return edge; such an entity's other turns (an
+   executor's "no code to execute" notice) return nothing.
 R4 reuse: a URL, file name or number of 3+ digits seen in an earlier step links the earlier step
    node to this one (reference), through an artifact node.
 R5 error: exit code ≠ 0, `Error`/`Exception`/`Traceback` or tool status error set error signals.
-R6 environment: an agent all of whose steps are tool output (R3, or AutoGen's executor notice
-   "There is no code from the last ... message for me to execute") is the environment (a code
-   terminal, a tool runner). It reports; it does not decide, so it is never a candidate.
+R6 not an agent: an entity marked tool, environment or human (data_gen/marks.py: from the
+   format's structure, else the run's, or a user's override) reports or asks; it does not decide,
+   so it is never a candidate (unless every entity is so marked: a log always has a suspect).
 R7 empty step: a step whose text is empty or only an end-of-chat keyword (AutoGen's bare
    "TERMINATE") asserts nothing, so it is never a candidate step (unless every step is one).
 """
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_gen.marks import answers_call, entity_marks
 from data_gen.trace import Step, Trace
 
 NODE_TYPES = ("agent", "tool", "artifact", "environment")
@@ -46,7 +50,6 @@ _NUM = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")
 _CODE = re.compile(r"```")
 _ERR = re.compile(r"Traceback|Error\b|Exception|exitcode: [1-9]|execution failed|failed\)")
 _EXIT = re.compile(r"exitcode: (\d+)")
-_NO_CODE = re.compile(r"There is no code from the last \d+ messages? for me to execute")
 _EMPTY = re.compile(r"[\W_]*(?:TERMINATE[\W_]*)?", re.IGNORECASE)
 
 
@@ -77,7 +80,7 @@ class DHCG:
     agents: tuple[str, ...]
     signals: np.ndarray  # [S, K] float, per-step inferred signals (see STEP_SIGNALS)
     entities: tuple[tuple[str, str], ...]  # (node type, name) of each entity index
-    agent_is_env: np.ndarray  # [A] bool, R6: the agent only reports tool output
+    agent_is_env: np.ndarray  # [A] bool, R6: the entity is marked tool, environment or human
     step_is_empty: np.ndarray  # [S] bool, R7: the step asserts nothing
 
 
@@ -96,7 +99,8 @@ def build_dhcg(trace: Trace) -> DHCG:
     step_node, step_agent, signals = [], [], []
     seen_values: dict[str, int] = {}  # value -> step node that first showed it
     prev_error = 0.0
-    reports = [True] * len(agents)  # R6: every step so far was tool output
+    marks = entity_marks(trace)
+    reports = [marks[a].kind != "agent" for a in agents]  # R6
 
     def state(kind: str, name: str, step: int) -> int:
         key = (kind, name)
@@ -132,9 +136,8 @@ def build_dhcg(trace: Trace) -> DHCG:
         if tool_name and s.kind != "tool_result":  # R2
             t = state("tool", tool_name, s.index)
             edge(me, t, "invoke")
-        is_result = s.kind == "tool_result" or text.lstrip().startswith(
-            ("exitcode:", "Observation:"))
-        reports[agent_ix[s.agent]] &= is_result or bool(_NO_CODE.match(text.lstrip()))  # R6
+        is_result = s.kind == "tool_result" or (reports[agent_ix[s.agent]]
+                                                 and answers_call(trace, s.index))
         if is_result:  # R3
             t = state("tool", tool_name or "python", s.index)
             edge(t, me, "return")

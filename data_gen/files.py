@@ -1,6 +1,6 @@
 """Reading JSON records from files and directories, with errors that say where.
 
-A path is a `.json` file (one record, or a list of records), a `.jsonl` file (one record per line;
+A path is a `.json` file (one record, a list of records, or one chat run: a list of messages), a `.jsonl` file (one record per line;
 a `.json` file whose first line is a whole JSON value is read this way too, as OpenTelemetry
 Collectors write them) or a directory (every `.json`/`.jsonl` below it, in natural order so
 `2.json` comes before `10.json`). Bad files and bad lines become `TraceError`s in the stream; the rest is still read.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from data_gen.chat import is_chat
 from data_gen.trace import TraceError
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -97,7 +98,7 @@ def iter_records(path: str | Path, max_file_bytes: int = MAX_FILE_BYTES
         except OSError as e:
             yield TraceError(f"cannot read: {e.strerror}", source)
             continue
-        if isinstance(data, list):
+        if isinstance(data, list) and not is_chat(data):  # a list of records, not of messages
             yield from (RawRecord(source, i, d) for i, d in enumerate(data))
         else:
             yield RawRecord(source, None, data)

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from data_gen.files import RawRecord
-from data_gen.trace import (MAX_CONTENT_CHARS, STEP_KINDS, VARIANTS, AgentSpec, Label, Outcome,
-                            Step, System, Task, ToolCall, Trace, TraceError, check_content,
-                            check_trace)
+from data_gen.marks import with_marks
+from data_gen.trace import (ENTITY_KINDS, MAX_CONTENT_CHARS, STEP_KINDS, VARIANTS, AgentSpec,
+                            Label, Outcome, Step, System, Task, ToolCall, Trace, TraceError,
+                            check_content, check_trace)
 
 FORMAT = "otlp"
 SPAN_KEYS = ("span_id", "span_name", "start_unix_nano", "end_unix_nano")  # kept in Step.extra
@@ -581,6 +582,7 @@ def _trace(trace_id: str, root: Span, tree: _Tree, steps: list[Step], label: Lab
         known = [_agent_spec(x, root) for x in agents_json]
     else:
         known = [AgentSpec(name=n) for n in dict.fromkeys(s.agent for s in steps)]
+    known = [a if a.kind else _span_mark(a, steps) for a in known]
     success = a.get("astra.outcome.success")
     variant = _str_attr(root, "astra.variant")
     if variant is not None and variant not in VARIANTS:
@@ -599,16 +601,28 @@ def _trace(trace_id: str, root: Span, tree: _Tree, steps: list[Step], label: Lab
         extra=extra if isinstance(extra, dict) else {})
 
 
+def _span_mark(spec: AgentSpec, steps: list[Step]) -> AgentSpec:
+    """Span kinds mark an entity (data_gen/marks.py): one with an LLM or agent span decides; one
+    whose every span is a tool span only runs tools."""
+    mine = [s for s in steps if s.agent == spec.name]
+    if not mine:
+        return spec
+    if all(s.tool is not None for s in mine):
+        return dataclasses.replace(spec, kind="tool", kind_reason="only tool spans")
+    return dataclasses.replace(spec, kind="agent", kind_reason="has LLM or agent spans")
+
+
 def _agent_spec(x: Any, root: Span) -> AgentSpec:
     text = (str, type(None))
     if not (isinstance(x, dict) and isinstance(x.get("name"), str)
             and isinstance(x.get("role"), text) and isinstance(x.get("prompt"), text)
             and isinstance(x.get("tools", []), list)
-            and all(isinstance(t, str) for t in x.get("tools", []))):
-        raise root.error("expected a list of {name, role?, tools?, prompt?}",
+            and all(isinstance(t, str) for t in x.get("tools", []))
+            and x.get("kind") in (None, *ENTITY_KINDS) and isinstance(x.get("kind_reason"), text)):
+        raise root.error("expected a list of {name, role?, tools?, prompt?, kind?, kind_reason?}",
                          "astra.system.agents")
     return AgentSpec(name=x["name"], role=x.get("role"), tools=tuple(x.get("tools", ())),
-                     prompt=x.get("prompt"))
+                     prompt=x.get("prompt"), kind=x.get("kind"), kind_reason=x.get("kind_reason"))
 
 
 def read_otlp(raws: Iterable[RawRecord], max_chars: int = MAX_CONTENT_CHARS
@@ -703,7 +717,7 @@ def to_otlp(trace: Trace, start_unix_nano: int = 1_700_000_000_000_000_000) -> d
                                                      "agent.name": agent}))
         spans += [_step_span(s, tid, ids[s.index], turn_id, *times[s.index],
                              [ids[r] for r in s.refs]) for s in run]
-    a = trace.system.agents
+    a = with_marks(trace).system.agents  # every entity's mark goes with it
     root = {"openinference.span.kind": "CHAIN", "astra.trace_id": trace.trace_id,
             "astra.task.question": trace.task.question,
             "astra.task.ground_truth": trace.task.ground_truth,

@@ -7,6 +7,8 @@ Formats (docs/readers.md has the details and the inference rules):
 - `whowhen-handcrafted`: Who&When hand-crafted (Magentic-One); items carry only `role`, such as
   `Orchestrator (-> WebSurfer)`; the agent is the part before ` (`.
 - `tracertraj`: TracerTraj (MetaGPT teams); items `{content, name, role, step}`.
+- `chat`: chat-message logs (OpenAI chat completions, Anthropic Messages), a list of messages or
+  `{"messages": [...]}` (`data_gen/chat.py`).
 - `otlp`: OpenTelemetry traces as OTLP JSON (`{"resourceSpans": [...]}`), GenAI or OpenInference
   attributes; spans are grouped by trace id across the lines and files of a path
   (`data_gen/otlp.py`).
@@ -26,18 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from data_gen import otlp
+from data_gen import chat, otlp
+from data_gen.marks import Mark, with_marks
 from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records
 from data_gen.trace import (MAX_CONTENT_CHARS, AgentSpec, Label, Outcome, Step, System, Task, Trace,
                             TraceError, _need, check_content, check_trace, trace_from_dict)
 
-FORMATS = ("native", "whowhen-algorithm", "whowhen-handcrafted", "tracertraj", "otlp")
+FORMATS = ("native", "whowhen-algorithm", "whowhen-handcrafted", "tracertraj", "otlp", "chat")
 _LABEL_KEYS = ("mistake_agent", "mistake_step", "mistake_reason")
 _MAPPED_KEYS = {"history", "question", "ground_truth", "groundtruth", "system_prompt", *_LABEL_KEYS}
 _ROLE_RE = re.compile(r"^(?P<agent>.+?) \((?P<note>.*)\)$")
 
 
 def detect_format(d: Any) -> str:
+    if chat.is_chat(d):
+        return "chat"
+    if chat.is_message(d):
+        raise TraceError("a lone chat message: a chat file holds one run per record (a list of "
+                         "messages, or {\"messages\": [...]}), one per line in JSONL",
+                         field="role")
     if not isinstance(d, dict):
         raise TraceError(f"expected a JSON object, got {type(d).__name__}")
     if isinstance(d.get("schema"), str) and d["schema"].startswith("astra.trace/"):
@@ -46,8 +55,9 @@ def detect_format(d: Any) -> str:
         return "otlp"
     history = d.get("history")
     if history is None:
-        raise TraceError("unknown format: neither 'schema' (native), 'resourceSpans' (OTLP) nor "
-                         "'history' (Who&When, TracerTraj) is present", field="history")
+        raise TraceError("unknown format: neither 'schema' (native), 'resourceSpans' (OTLP), "
+                         "'history' (Who&When, TracerTraj) nor 'messages' (chat) is present",
+                         field="history")
     if not isinstance(history, list):
         raise TraceError(f"expected list, got {type(history).__name__}", field="history")
     if not history:
@@ -125,6 +135,8 @@ def from_whowhen(d: dict, fmt: str, max_chars: int = MAX_CONTENT_CHARS) -> Trace
               for k, v in (prompts or {}).items()]
     known = {a.name for a in agents}
     agents += [AgentSpec(name=a) for a in dict.fromkeys(s.agent for s in steps) if a not in known]
+    agents = [dataclasses.replace(a, kind=m.kind, kind_reason=m.reason) if m else a
+              for a, m in ((a, _whowhen_mark(a, steps, prompts, fmt)) for a in agents)]
     label = _label(d)
     extra = {k: v for k, v in d.items() if k not in _MAPPED_KEYS}
     # the success flag: `is_correct`; Who&When's hand-crafted records spell it `is_corrected`
@@ -150,6 +162,21 @@ def from_whowhen(d: dict, fmt: str, max_chars: int = MAX_CONTENT_CHARS) -> Trace
     return trace
 
 
+def _whowhen_mark(spec: AgentSpec, steps: list[Step], prompts: dict | None, fmt: str
+                  ) -> Mark | None:
+    """The format's word on an entity (data_gen/marks.py), None where it has none: Who&When's
+    `system_prompt` holds the prompt of every LLM agent, so a speaker without one is not an LLM
+    (AutoGen's code executor); TracerTraj's `system` role is the harness."""
+    mine = [s for s in steps if s.agent == spec.name]
+    if fmt == "whowhen-algorithm" and prompts and mine:
+        if spec.name in prompts:
+            return Mark("agent", "has a system prompt")
+        return Mark("tool", "no system prompt, while the log gives its teammates': not an LLM")
+    if fmt == "tracertraj" and mine and all(s.role == "system" for s in mine):
+        return Mark("human", "speaks only in the system role (the harness)")
+    return None
+
+
 def _gt(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -164,14 +191,19 @@ def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Tra
         fmt = detect_format(raw.data)
         if fmt == "otlp":
             return _one_otlp_trace(raw, max_chars)
+        chat_warnings: list[str] = []
         if fmt == "native":
             trace = trace_from_dict(raw.data, max_chars)
         else:
-            trace = from_whowhen(raw.data, fmt, max_chars)
+            if fmt == "chat":
+                trace, chat_warnings = chat.from_chat(raw.data, max_chars)
+            else:
+                trace = from_whowhen(raw.data, fmt, max_chars)
             stem = Path(raw.source).stem
             tid = stem if raw.record is None else f"{stem}:{raw.record}"
             trace = dataclasses.replace(trace, trace_id=tid)
-        warnings = check_trace(trace)
+        trace = with_marks(trace)
+        warnings = chat_warnings + check_trace(trace)
     except TraceError as e:
         raise e.located(raw.source, raw.record) from None
     src = dict(trace.source, path=raw.source)

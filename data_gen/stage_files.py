@@ -105,11 +105,17 @@ def coarse_choice(candidates: dict) -> tuple[str, int, float]:
     return agent, step, conf
 
 
+SINGLE_AGENT = "single agent: only the step is in question"
+
+
 def coarse_verdict(candidates: dict) -> dict[str, Any]:
     """A verdict from the coarse stage alone (the pipeline's `--fine none`)."""
     agent, step, conf = coarse_choice(candidates)
     return {"schema": VERDICT_SCHEMA, "trace_id": candidates["trace_id"], "agent": agent,
-            "step": step, "mode": None, "reason": "coarse stage's likeliest agent and step",
+            "step": step, "mode": None,
+            "reason": (SINGLE_AGENT + "; coarse stage's likeliest step"
+                       if candidates.get("single_agent") else
+                       "coarse stage's likeliest agent and step"),
             "confidence": round(conf, 6), "source": "gnn", "fallback": False,
             "tokens": {"prompt": 0, "completion": 0, "calls": 0},
             **({"latency_s": candidates["latency_s"]} if "latency_s" in candidates else {})}

@@ -30,6 +30,8 @@ FAULT_MODES = (
 )
 VARIANTS = ("golden", "fatal", "healed")
 TOOL_STATUSES = ("ok", "error")
+# what an entity of the log is (docs/trace_format.md § Entity marks): only agents are blamed
+ENTITY_KINDS = ("agent", "tool", "environment", "human")
 MAX_CONTENT_CHARS = 2_000_000
 
 
@@ -85,6 +87,8 @@ class AgentSpec:
     role: str | None = None
     tools: tuple[str, ...] = ()
     prompt: str | None = None
+    kind: str | None = None  # one of ENTITY_KINDS; None: not marked (data_gen.marks infers it)
+    kind_reason: str | None = None  # why it was marked so, in a few words
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,10 @@ def trace_from_dict(d: Any, max_chars: int = MAX_CONTENT_CHARS) -> Trace:
             raise TraceError("expected an object", field=p[:-1])
         agents.append(AgentSpec(name=_need(a, "name", str, p), role=_need(a, "role", str, p, True),
                                 tools=tuple(_need(a, "tools", list, p, True) or ()),
-                                prompt=_need(a, "prompt", str, p, True)))
+                                prompt=_need(a, "prompt", str, p, True),
+                                kind=_choice(_need(a, "kind", str, p, True), ENTITY_KINDS,
+                                             p + "kind"),
+                                kind_reason=_need(a, "kind_reason", str, p, True)))
     system = System(framework=_need(sys_d, "framework", str, "system.", True),
                     topology=_need(sys_d, "topology", str, "system.", True), agents=tuple(agents))
     raw_steps = _need(d, "steps", list, "")

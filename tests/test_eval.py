@@ -13,7 +13,7 @@ from astra_eval.scoring import (FIRST_INVOCATION, area_under_risk_coverage, base
                                 risk_coverage)
 from data_gen.readers import load_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
-from data_gen.trace import Label, Step, Task, Trace
+from data_gen.trace import AgentSpec, Label, Step, System, Task, Trace
 from browser import render
 from conftest import send_completion
 from test_coarse import DEV, TINY, _sim
@@ -94,9 +94,12 @@ def test_the_first_invocation_baseline_skips_the_environment():
         Step(3, "Computer_terminal", "exitcode: 0 (execution succeeded)\nCode output: 42"),
         Step(4, "Planner", f"Check it again:\n{code}")), label=Label("Coder", 2))
     assert first_invocation(t) == 2
+    # nothing is invoked, so only the format can say the terminal is a tool (as Who&When's
+    # system_prompt does: data_gen/marks.py); the entity marks carry it
     quiet = Trace("d", Task("q"), (Step(0, "Computer_terminal", "exitcode: 0"),
                                    Step(1, "Planner", "the answer is 4"),
                                    Step(2, "Computer_terminal", "exitcode: 1")),
+                  system=System(agents=(AgentSpec("Computer_terminal", kind="tool"),)),
                   label=Label("Planner", 1))
     assert first_invocation(quiet) == 1  # nothing invoked: the team's first step
     b = baseline_verdicts([t, quiet], {}, seed=0)[FIRST_INVOCATION]
