@@ -17,7 +17,7 @@ from typing import Any
 
 from astra_cli.coarse_commands import (DEFAULT_JOBS, predict_traces, train_config,
                                        usable_for_training)
-from astra_cli.data_commands import positive_int, share
+from astra_cli.data_commands import add_labels_arg, load_labelled, positive_int, share
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, write_stage_file
 from data_gen.trace import Trace
@@ -25,6 +25,7 @@ from data_gen.trace import Trace
 def add_command(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cv", help="k-fold cross-validated strict scores on labelled real logs")
     c.add_argument("logs", nargs="+", type=Path, help="labelled logs (files or directories)")
+    add_labels_arg(c)
     c.add_argument("--folds", type=positive_int, default=5)
     c.add_argument("--out", type=Path, required=True, help="directory (resumes if present)")
     c.add_argument("--sim", nargs="+", type=Path, default=[],
@@ -56,7 +57,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logs = labelled_logs(load_valid_traces(args.logs))
+    logs = labelled_logs(load_labelled(args.logs, args.labels))
     sim = usable_for_training(load_valid_traces(args.sim), "simulated") if args.sim else []
     try:
         cross_validate(logs, sim, cfg, args.folds, args.members, args.out, args.top_k,
