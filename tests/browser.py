@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,20 +67,18 @@ class Browser:
         self._prof = tempfile.TemporaryDirectory()
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        os.set_inheritable(to_child_r, True)
-        os.set_inheritable(from_child_w, True)
 
-        def fds():  # the child reads commands on 3 and writes answers on 4
-            import fcntl
-            r, w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child_r, from_child_w))
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-
+        # the child reads commands on fd 3 and writes answers on fd 4; a small Python moves
+        # the pipe ends there and becomes the browser (no preexec_fn: forking a process that
+        # runs JAX's threads is unsafe)
+        move = ("import fcntl, os, sys; r, w = (fcntl.fcntl(int(a), fcntl.F_DUPFD, 10) for a in "
+                "sys.argv[1:3]); os.dup2(r, 3); os.dup2(w, 4); os.execv(sys.argv[3], sys.argv[3:])")
         self._proc = subprocess.Popen(
-            [exe, *FLAGS, f"--user-data-dir={self._prof.name}", f"--window-size={WINDOW}",
+            [sys.executable, "-c", move, str(to_child_r), str(from_child_w), exe, *FLAGS,
+             f"--user-data-dir={self._prof.name}", f"--window-size={WINDOW}",
              "--remote-debugging-pipe", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=fds, close_fds=False)
+            pass_fds=(to_child_r, from_child_w))
         os.close(to_child_r)
         os.close(from_child_w)
         self._buf, self._id, self.events = b"", 0, []
