@@ -479,8 +479,8 @@ def labelling_order(traces: list[Trace], verdicts: dict[str, dict]) -> list[int]
     def certainty(i: int) -> float:
         conf = (verdicts.get(traces[i].trace_id) or {}).get("confidence")
         return -1.0 if conf is None else float(conf)
-    return sorted((i for i, t in enumerate(traces) if t.label is None and t.outcome.success is not True),
-                  key=certainty)
+    return sorted((i for i, t in enumerate(traces)
+                   if t.label is None and t.outcome.success is not True), key=certainty)
 
 
 def _labelling_section(traces: list[Trace], verdicts: dict[str, dict],

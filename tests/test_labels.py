@@ -65,7 +65,8 @@ def test_a_file_that_is_not_jsonl_or_is_empty_is_named(tmp_path):
     labels, problems = read_labels([doc, empty])
     assert labels == []
     assert problems == [f"{doc}: one JSON document over several lines, not JSONL; write one "
-                        f"{LABELS_SCHEMA} object per line", f"{empty}: no labels (the file is empty)"]
+                        f"{LABELS_SCHEMA} object per line",
+                        f"{empty}: no labels (the file is empty)"]
 
 
 def test_writer_and_reader_round_trip(tmp_path):
@@ -156,7 +157,8 @@ def test_eval_with_labels_scores_them_and_exits_2_when_none_is_usable(tmp_path, 
     labels.write_text(_line(trace_id="1", agent="Excel_Expert", step=5) + "\n"
                       + _line(trace_id="nope", agent="X", step=0) + "\n")
     logs = [str(DEV / "1.json"), str(DEV / "2.json")]
-    assert main(["eval", *logs, "--verdicts", str(verdicts), "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", *logs, "--verdicts", str(verdicts),
+                 "--json", str(tmp_path / "a.json")]) == 0
     assert main(["eval", *logs, "--verdicts", str(verdicts), "--labels", str(labels),
                  "--json", str(tmp_path / "b.json")]) == 0
     err = capsys.readouterr().err
