@@ -18,7 +18,7 @@ from data_gen.stats import STATS_HEADERS, stats_rows
 from data_gen.trace import FAULT_MODES, VARIANTS, Trace, TraceError
 
 REPO = Path(__file__).resolve().parent.parent
-DEV_LOGS = REPO / "data" / "who_and_when" / "Algorithm-Generated"
+DEV_LOGS = REPO / "data" / "who_and_when"  # both frameworks: Algorithm-Generated, Hand-Crafted
 
 
 def _csv(choices: tuple[str, ...]):

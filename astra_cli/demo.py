@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_table(("labels of", "n", "at step 0", "on agent's 1st step", "rel. pos."), [
             (name, len(ts), *(label_positions(ts) or ("-",) * 3)) for name, ts in (
                 ("ASTRA-Gen fatal traces", [t for t in sim if t.variant == "fatal"]),
-                ("Who&When dev logs", [t for t in dev.traces if t.label]))]))
+                *((f"dev logs: {fw}", ts) for fw, ts in _by_framework(dev.traces).items()))]))
     if errors or dev.errors:
         return 1
     return _coarse(args, sim_path, dev.traces)
@@ -118,10 +118,11 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
     opts = RunOptions(threshold=args.threshold, seed=args.seed, budget=TINY_PROMPT_TOKENS,
                       answer_tokens=TINY_ANSWER_TOKENS)
     rows = []
-    for name, s in cv["overall"].items():
-        rows.append((f"Who&When dev logs, {args.folds}-fold CV" if not rows else "", name, s["n"],
-                     s["agent_acc"], s["step_acc"], s["step_acc_pm1"], s["topk_agent_recall"],
-                     s["ece"]))
+    cv_name = ("held out: " if cv["cv"]["by_framework"] else f"{args.folds}-fold CV: ")
+    for subset, by_method in cv["subsets"].items():
+        for j, (name, s) in enumerate(by_method.items()):
+            rows.append((cv_name + subset if j == 0 else "", name, s["n"], s["agent_acc"],
+                         s["step_acc"], s["step_acc_pm1"], s["topk_agent_recall"], s["ece"]))
     sim_only = {c["trace_id"]: c for c in predict_traces(sim_run, splits["test"], 3)}
     s = evaluate(splits["test"], {"sim": {k: coarse_verdict(c) for k, c in sim_only.items()}},
                  sim_only)["overall"]["sim"]
@@ -142,6 +143,16 @@ def _coarse(args: argparse.Namespace, sim_path: Path, dev_traces) -> int:
     for key in ("sim_test", "dev"):
         print(f"report: {(args.out / key / 'report' / 'index.html').resolve().as_uri()}")
     return 0
+
+
+def _by_framework(traces) -> dict[str, list]:
+    """Labelled logs grouped by framework, in order of first appearance."""
+    from astra_eval.folds import framework_of
+    out: dict[str, list] = {}
+    for t in traces:
+        if t.label is not None:
+            out.setdefault(framework_of(t) or "unknown", []).append(t)
+    return out
 
 
 def _tiny_fine_stage(args: argparse.Namespace, train_traces):

@@ -51,7 +51,8 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     their paths and the cross-validation report. `base` (a TrainConfig; default: the
     defaults) gives the model and every setting the recipe does not set."""
     from astra_cli.coarse_commands import DEFAULT_JOBS
-    from astra_cli.cv_command import cross_validate, member_specs, real_only_config
+    from astra_cli.cv_command import (cross_validate, framework_folds, kfold, member_specs,
+                                      real_only_config)
     from astra_jax.features import featurise, make_embedder
     from astra_jax.train import TrainConfig, train_ensemble, train_members
 
@@ -70,11 +71,20 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     replay = replay_sample(sim_train, recipe.replay)
     paired = (f", each paired with a model trained {recipe.real_only_epochs} epochs on those "
               f"logs alone" if real_only else "")
-    say(f"== {recipe.folds}-fold cross-validation on {len(real)} labelled logs: each fold "
-        f"fine-tunes the simulated model on the other folds' logs and {len(replay)} simulated "
-        f"traces{paired}")
-    cv = cross_validate(real, replay, real_cfg, recipe.folds, recipe.members, out / "cv",
-                        progress=progress, real_only=real_only)
+    try:  # the figure of record: frameworks never trained on
+        scored, folds = framework_folds(real)
+        by_framework = True
+        how = (f"leave-one-framework-out on {len(scored)} labelled logs of {len(folds)} "
+               f"frameworks ({', '.join(f.name for f in folds)}): each fold")
+    except ValueError:  # one framework: k random folds
+        scored, folds = real, kfold(real, recipe.folds, recipe.seed)
+        by_framework = False
+        how = f"{recipe.folds}-fold cross-validation on {len(real)} labelled logs: each fold"
+    say(f"== {how} fine-tunes the simulated model on the other folds' logs and {len(replay)} "
+        f"simulated traces{paired}")
+    cv = cross_validate(scored, replay, real_cfg, folds, recipe.members, out / "cv",
+                        progress=progress, real_only=real_only,
+                        by_framework=by_framework)
     say(f"== the coarse model: the simulated model fine-tuned on all {len(real)} logs and "
         f"{len(replay)} simulated traces{paired}")
     feats = featurise(replay + real, emb, run / "feature_cache", progress)

@@ -1,5 +1,6 @@
-"""K-fold splits of labelled logs for cross-validation: by trace, seeded, stratified by the
-labelled agent, so every fold sees each kind of culprit about as often as the whole set."""
+"""Splits of labelled logs for cross-validation: k folds by trace, seeded, stratified by the
+labelled agent, so every fold sees each kind of culprit about as often as the whole set; or
+one fold per framework, by `framework_of`."""
 from __future__ import annotations
 
 import random
@@ -33,3 +34,10 @@ def stratified_folds(traces: list[Trace], k: int, seed: int = 0) -> list[list[in
             folds[deal % k].append(i)
             deal += 1
     return [sorted(f) for f in folds]
+
+
+def framework_of(trace: Trace) -> str | None:
+    """The framework a log comes from: `system.framework`, else its reader's format; None for
+    a native trace that says neither."""
+    fmt = trace.source.get("format")
+    return trace.system.framework or (fmt if fmt not in (None, "native") else None)

@@ -68,12 +68,35 @@ def cv_markdown(report: dict[str, Any]) -> str:
         "real_only_members") else ""
     rows = [[m, s["agent_acc"]["mean"], s["agent_acc"]["std"], s["step_acc"]["mean"],
              s["step_acc"]["std"]] for m, s in cv["methods"].items()]
-    per_fold = [[f"fold {i + 1}", row["ours"]["n"], row["ours"]["agent_acc"],
+    per_fold = [[row.get("name", f"fold {i + 1}"), row["ours"]["n"], row["ours"]["agent_acc"],
                  row["ours"]["step_acc"]] for i, row in enumerate(report["folds"])]
+    held = ("one fold per framework: the models that score a framework never saw a log of it; "
+            if cv.get("by_framework") else "")
     return "\n".join([
         eval_markdown(report), "", f"### Spread over {cv['folds']} folds",
-        "", f"Each fold's model never saw its test logs; {cv['simulated']} simulated traces in "
+        "", f"{held}Each fold's model never saw its test logs; {cv['simulated']} simulated traces in "
         f"every fold's training data; {cv['members']} model(s) per fold"
         f"{paired}; seed {cv['seed']}.", "",
         md_table(["method", "agent mean", "agent std", "step mean", "step std"], rows), "",
         md_table(["fold", "n", "agent", "step"], per_fold)])
+
+
+def seeds_markdown(report: dict[str, Any]) -> str:
+    """The mean and spread over seeds of every set and method (the figure of record), then the
+    first seed's full tables."""
+    sp = report["seeds"]
+    rows = []
+    for name, by_method in sp["sets"].items():
+        for i, (m, s) in enumerate(by_method.items()):
+            rows.append([name if i == 0 else "", m, s["n"], s["agent_acc"]["mean"],
+                         s["agent_acc"]["std"], s["step_acc"]["mean"], s["step_acc"]["std"],
+                         " / ".join(f"{a:.3f}, {b:.3f}" for a, b in zip(
+                             s["agent_acc"]["per_seed"], s["step_acc"]["per_seed"]))])
+    seeds = ", ".join(str(s) for s in sp["seeds"])
+    return "\n".join([
+        f"## Mean over seeds {seeds}", "",
+        "Strict agent and step accuracy, mean and standard deviation over the seeds (each seed "
+        "trains every fold anew); per seed: agent, step.", "",
+        md_table(["set", "method", "n", "agent mean", "agent std", "step mean", "step std",
+                  "per seed"], rows), "", f"## Seed {sp['seeds'][0]} in full", "",
+        cv_markdown(report)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from data_gen.dhcg import DHCG, EDGE_TYPES, build_dhcg
 from data_gen.trace import VERDICT_SCHEMA, Trace, normalise_agent as norm
@@ -26,11 +26,12 @@ def subset_of(trace: Trace) -> str:
 
 
 def score_record(trace: Trace, verdict: dict | None, cands: dict | None, k: int,
-                 threshold: float) -> dict[str, Any]:
+                 threshold: float, subset: Callable[[Trace], str] = subset_of
+                 ) -> dict[str, Any]:
     """One labelled trace's outcome: what was said, whether it is right, at what cost."""
     lab = trace.label
     assert lab is not None
-    row: dict[str, Any] = {"trace_id": trace.trace_id, "subset": subset_of(trace),
+    row: dict[str, Any] = {"trace_id": trace.trace_id, "subset": subset(trace),
                            "label_agent": lab.agent, "label_step": lab.step,
                            "n_steps": len(trace.steps), "agent": None, "step": None,
                            "confidence": None, "source": None, "fallback": False,
@@ -199,16 +200,18 @@ def confusion(rows: list[dict[str, Any]], top: int = 8) -> dict[str, Any]:
 
 def evaluate(traces: list[Trace], methods: dict[str, dict[str, dict]],
              candidates: dict[str, dict], k: int = 3, threshold: float = 0.0,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, subset: Callable[[Trace], str] | None = None) -> dict[str, Any]:
     """The whole evaluation (`astra.eval/v1`): each of our methods (name → verdicts by trace id;
     the first is the primary one) and the baselines, overall and per subset; the primary
     method's per-record outcomes and the curves the report draws. Unlabelled traces are
-    skipped. Our methods share the coarse candidates for top-K recall."""
+    skipped. Our methods share the coarse candidates for top-K recall. `subset` names each
+    trace's subset (default: `subset_of`, its source format and topology)."""
     labelled = [t for t in traces if t.label is not None]
     primary = next(iter(methods))
     baselines = baseline_verdicts(labelled, methods[primary], seed)
     scored = {m: [score_record(t, vs.get(t.trace_id),
-                               candidates.get(t.trace_id) if m in methods else None, k, threshold)
+                               candidates.get(t.trace_id) if m in methods else None, k, threshold,
+                               subset or subset_of)
                   for t in labelled] for m, vs in {**methods, **baselines}.items()}
     ours = scored[primary]
     subsets = sorted({r["subset"] for r in ours})

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from astra_cli.cv_command import cross_validate
+from astra_cli.cv_command import cross_validate, kfold
 from astra_cli.data_commands import DEV_LOGS
 from astra_cli.table import format_table
 from astra_jax.train import TrainConfig
@@ -36,8 +36,9 @@ def main() -> int:
     rows = []
     for name, drop in variants:
         print(f"== {name}", file=sys.stderr)
-        rep = cross_validate(logs, [], dataclasses.replace(base, drop_evidence=drop), args.folds,
-                             1, args.out / (drop.replace(",", "+") or "all"), progress=False)
+        rep = cross_validate(logs, [], dataclasses.replace(base, drop_evidence=drop),
+                             kfold(logs, args.folds, args.seed), 1,
+                             args.out / (drop.replace(",", "+") or "all"), progress=False)
         ours = next(iter(rep["overall"].values()))
         spread = next(iter(rep["cv"]["methods"].values()))
         first = rep["overall"]["predicted agent, its first step"]

@@ -109,14 +109,15 @@ def test_real_logs_are_repeated_to_their_share_of_each_epoch():
 
 
 def test_cross_validation_never_tests_on_training_logs(tmp_path, capsys):
-    from astra_cli.cv_command import cross_validate
+    from astra_cli.cv_command import cross_validate, kfold
     from astra_cli.main import main
     from astra_eval.folds import stratified_folds
 
     logs = load_traces([DEV / f"{i}.json" for i in range(1, 13)]).traces
     sim = [t for t in _sim(6, 3, topologies=("metagpt",))][:8]
     cfg = dataclasses.replace(TINY, epochs=1)
-    report = cross_validate(logs, sim, cfg, 3, 1, tmp_path / "cv", progress=False)
+    report = cross_validate(logs, sim, cfg, kfold(logs, 3, 0), 1, tmp_path / "cv",
+                            progress=False)
     folds = json.loads((tmp_path / "cv" / "folds.json").read_text())
     tested = [tid for f in folds for tid in f["test"]]
     assert sorted(tested) == sorted(t.trace_id for t in logs)  # each log tested exactly once
@@ -135,7 +136,8 @@ def test_cross_validation_never_tests_on_training_logs(tmp_path, capsys):
     cands = (tmp_path / "cv" / "candidates.jsonl").read_text().splitlines()
     assert len(cands) == 12
     # the folds trained two at once (the default) score exactly as one at a time
-    cross_validate(logs, sim, cfg, 3, 1, tmp_path / "serial", progress=False, jobs=1)
+    cross_validate(logs, sim, cfg, kfold(logs, 3, 0), 1, tmp_path / "serial", progress=False,
+                   jobs=1)
     assert (tmp_path / "serial" / "candidates.jsonl").read_text().splitlines() == [
         c.replace(str(tmp_path / "cv"), str(tmp_path / "serial")) for c in cands]
 
