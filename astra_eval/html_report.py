@@ -232,6 +232,7 @@ function setupRunPage(run) {
       tr.style.display = done ? 'none' : '';
       if (!done) { left += 1; }
     });
+    document.getElementById('marked').style.display = marks.length ? '' : 'none';
     document.getElementById('marks-count').textContent = marks.length;
     document.getElementById('to-label-count').textContent = left;
     document.body.setAttribute('data-marks', marks.length);
