@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from astra_cli.data_commands import positive_int, share
+from astra_cli.data_commands import add_labels_arg, positive_int, share, with_labels
 from astra_cli.table import format_table
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import SINGLE_AGENT
@@ -25,6 +25,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val", nargs="+", type=Path, default=[],
                    help="validation traces; the best epoch on them is kept (default: none, the "
                    "last epoch is kept)")
+    add_labels_arg(t)
     t.add_argument("--out", type=Path, required=True, help="run directory (resumes if present)")
     t.add_argument("--real-weight", type=share, default=0.5,
                    help="when simulated traces and real logs are mixed, the share of each "
@@ -59,6 +60,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     add_mark_args(p)
+    add_labels_arg(p)
     p.set_defaults(func=cmd_predict, compiles=True)
 
     a = sub.add_parser("attribute", help="who failed, when, how sure, for one trace")
@@ -122,8 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tr = usable_for_training(load_valid_traces(args.data), "training", cfg.real_weight)
-    va = usable_for_training(load_valid_traces(args.val), "validation") if args.val else []
+    tr_all = load_valid_traces(args.data)  # --labels apply to DATA and --val alike
+    labelled = with_labels(tr_all + load_valid_traces(args.val), args.labels)
+    tr = usable_for_training(labelled[:len(tr_all)], "training", cfg.real_weight)
+    va = usable_for_training(labelled[len(tr_all):], "validation") if args.val else []
     if not tr or (args.val and not va):
         print("error: no usable training or validation traces", file=sys.stderr)
         return 1
@@ -245,7 +249,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from astra_eval.scoring import evaluate
     from data_gen.stage_files import coarse_verdict, write_stage_file
 
-    traces = marked_traces(load_valid_traces(args.data), args)
+    traces = marked_traces(with_labels(load_valid_traces(args.data), args.labels), args)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1

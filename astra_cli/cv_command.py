@@ -22,7 +22,7 @@ from typing import Any
 
 from astra_cli.coarse_commands import (DEFAULT_JOBS, predict_traces, train_config,
                                        usable_for_training)
-from astra_cli.data_commands import positive_int, share
+from astra_cli.data_commands import add_labels_arg, load_labelled, positive_int, share
 from astra_eval.folds import framework_of
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import coarse_verdict, write_stage_file
@@ -36,6 +36,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cv", help="cross-validated strict scores on labelled real logs (k-fold, "
                        "or leave-one-framework-out with --by-framework)")
     c.add_argument("logs", nargs="+", type=Path, help="labelled logs (files or directories)")
+    add_labels_arg(c)
     c.add_argument("--folds", type=positive_int, default=5)
     c.add_argument("--by-framework", action="store_true",
                    help="leave-one-framework-out: one fold per framework of the logs (their "
@@ -73,7 +74,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logs = labelled_logs(load_valid_traces(args.logs))
+    logs = labelled_logs(load_labelled(args.logs, args.labels))
     sim = usable_for_training(load_valid_traces(args.sim), "simulated") if args.sim else []
     seeds = args.seeds or (3 if args.by_framework else 1)
     try:

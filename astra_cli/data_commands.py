@@ -10,11 +10,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from astra_cli.table import format_table
-from data_gen.readers import ENCODERS, iter_traces, load_traces, write_traces
+from data_gen.labels import LabelsError, apply_labels, read_labels
+from data_gen.readers import ENCODERS, iter_traces, load_traces, load_valid_traces, write_traces
 from data_gen.sim.generate import GenConfig, generate
 from data_gen.sim.teams import TEAMS
 from data_gen.stats import STATS_HEADERS, stats_rows
-from data_gen.trace import FAULT_MODES, VARIANTS, TraceError
+from data_gen.trace import FAULT_MODES, VARIANTS, Trace, TraceError
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_LOGS = REPO / "data" / "who_and_when"  # both frameworks: Algorithm-Generated, Hand-Crafted
@@ -50,6 +51,40 @@ def share(text: str) -> float:
     if not 0 < x < 1:
         raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, not {x}")
     return x
+
+
+def add_labels_arg(p: argparse.ArgumentParser) -> None:
+    """`--labels FILE...`, the same on every command that reads labelled logs."""
+    p.add_argument("--labels", nargs="+", action="extend", type=Path, default=[], metavar="FILE",
+                   help="astra.labels/v1 JSONL files (the report saves them): each label "
+                   "overrides or adds to the one in its log; bad lines are listed and skipped")
+
+
+def with_labels(traces: list[Trace], label_files: list[Path]) -> list[Trace]:
+    """`traces` with the labels of `label_files` applied (data_gen/labels.py): every line left
+    out is listed on stderr with its file and line, and a summary says what was used. Raises
+    LabelsError (exit 2) when files were given and not one label in them could be used."""
+    if not label_files:
+        return traces
+    labels, problems = read_labels(label_files)
+    out, unused = apply_labels(traces, labels)
+    for p in problems + unused:
+        print(f"skipped label: {p}", file=sys.stderr)
+    changed = [(a, b) for a, b in zip(traces, out) if a is not b]
+    if not changed:
+        raise LabelsError(f"no usable label in {', '.join(map(str, label_files))} "
+                          f"({len(problems) + len(unused)} problem(s) listed above)")
+    replaced = sum(a.label is not None for a, _ in changed)
+    not_failed = sum(b.label is None for _, b in changed)
+    print(f"labels: {len(changed)} trace(s) labelled from {len(label_files)} file(s) "
+          f"({replaced} replacing the log's own label, {not_failed} marked as not failed); "
+          f"{len(problems) + len(unused)} line(s) skipped", file=sys.stderr)
+    return out
+
+
+def load_labelled(paths: list[Path], label_files: list[Path]) -> list[Trace]:
+    """The valid traces under `paths` (bad records listed) with `label_files` applied."""
+    return with_labels(load_valid_traces(paths), label_files)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -10,6 +10,7 @@ import sys
 
 from astra_cli import coarse_commands, cv_command, data_commands, demo, pipeline_commands
 from astra_jax import RunDirError
+from data_gen.labels import LabelsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         default_compile_cache()
     try:
         return args.func(args)
-    except RunDirError as e:
+    except (RunDirError, LabelsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

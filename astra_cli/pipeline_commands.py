@@ -15,7 +15,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from data_gen.readers import load_valid_traces
+from astra_cli.data_commands import add_labels_arg, load_labelled
 from data_gen.stage_files import (SINGLE_AGENT, coarse_verdict, read_stage_rows,
                                   write_stage_file)
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA, Trace
@@ -28,6 +28,7 @@ STAGES = ("coarse", "fine", "report")
 def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="traces → coarse → fine → verdicts → evaluation + HTML report")
     r.add_argument("traces", nargs="+", type=Path, help="trace files or directories, any format")
+    add_labels_arg(r)
     r.add_argument("--coarse", type=Path, help="coarse model: a run directory of `astra train` "
                    "or a file of `astra export` (default: the model shipped with the package)")
     r.add_argument("--out", type=Path, required=True, help="output directory")
@@ -49,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="strict scores of verdicts (or candidates) against labels")
     e.add_argument("traces", nargs="+", type=Path, help="labelled traces")
+    add_labels_arg(e)
     e.add_argument("--verdicts", type=Path, help="verdicts JSONL (astra.verdict/v1)")
     e.add_argument("--candidates", type=Path,
                    help="candidates JSONL: top-K recall, and the verdicts when none are given")
@@ -95,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.verdicts and not args.candidates:
         print("error: give --verdicts, --candidates or both", file=sys.stderr)
         return 2
-    traces = load_valid_traces(args.traces)
+    traces = load_labelled(args.traces, args.labels)
     cands = read_stage_rows(args.candidates, CANDIDATES_SCHEMA) if args.candidates else {}
     verdicts = (read_stage_rows(args.verdicts, VERDICT_SCHEMA) if args.verdicts
                 else {k: coarse_verdict(c) for k, c in cands.items()})
@@ -194,7 +196,7 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from astra_cli.coarse_commands import marked_traces
-    traces = marked_traces(load_valid_traces(args.traces), args)
+    traces = marked_traces(load_labelled(args.traces, args.labels), args)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1

@@ -3,9 +3,16 @@
 A page carries its CSS, its SVG and its few lines of script inline, so it can be mailed or
 attached to a bug report and opens without a server or network. Log text is escaped everywhere;
 a log cannot inject markup into its own report.
+
+The pages also label: on a trace page a person marks the decisive step (or that the run did not
+fail), the mark is kept in the browser's localStorage under the trace's file and id, and the
+trace page or the run page saves the marks as an `astra.labels/v1` JSONL file (a download made
+in the page; no server) that `astra train --labels` and the other commands read
+(data_gen/labels.py).
 """
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from html import escape
@@ -39,6 +46,10 @@ font:12px/1.4 ui-monospace,monospace;max-height:420px;overflow:auto}
 .step-cell{cursor:pointer}.lane,.tick{font-size:11px}svg text{font-size:11px}
 .note{color:#666}.legend .key{margin-right:12px}.plots{display:flex;gap:24px;flex-wrap:wrap}
 #filter{padding:4px 8px;width:320px}.cm td{text-align:right}
+.labelling{background:#fff;border:1px solid #4e79a7;border-radius:8px;padding:8px 16px;
+margin-top:12px}.labelling input{padding:3px 6px;margin-right:12px}
+.step.marked{box-shadow:0 0 0 3px #4e79a7 inset}.mark-step{float:right;font-size:12px}
+button{cursor:pointer}
 """
 
 # Errors in the page's own script land in data-errors, so a headless check can read them.
@@ -83,8 +94,161 @@ document.addEventListener('DOMContentLoaded', function () {
     document.body.setAttribute('data-highlight-box', [r.left + window.scrollX,
       r.top + window.scrollY, r.width, r.height].map(Math.round).join(','));
   }
+  setupLabelling();
   document.body.setAttribute('data-ready', '1');
 });
+""" + """
+// --- labelling: marks in localStorage, saved as astra.labels/v1 JSONL ---
+var LABELS_SCHEMA = 'astra.labels/v1', memoryStore = {};
+function store() {
+  try { var s = window.localStorage; s.getItem('x'); return s; } catch (e) { return null; }
+}
+function markKey(t) { return LABELS_SCHEMA + '|' + (t.source || '') + '|' + t.trace_id; }
+function getMark(t) {
+  var s = store(), raw = s ? s.getItem(markKey(t)) : memoryStore[markKey(t)];
+  try { return raw ? JSON.parse(raw) : null; } catch (e) { return null; }
+}
+function putMark(t, mark) {
+  var s = store(), k = markKey(t), raw = mark ? JSON.stringify(mark) : null;
+  if (s) { if (raw) { s.setItem(k, raw); } else { s.removeItem(k); } }
+  else if (raw) { memoryStore[k] = raw; } else { delete memoryStore[k]; }
+}
+function labeller() {
+  var s = store(); return (s && s.getItem(LABELS_SCHEMA + '|labelled_by')) || '';
+}
+function newMark(t, fields) {
+  var m = {schema: LABELS_SCHEMA, trace_id: t.trace_id};
+  if (t.source) { m.source = t.source; }
+  for (var k in fields) { m[k] = fields[k]; }
+  var by = labeller();
+  if (by) { m.labelled_by = by; }
+  m.at = new Date().toISOString();
+  return m;
+}
+function markText(m) {
+  if (!m) { return 'none'; }
+  return m.failed === false ? 'this run did not fail' : m.agent + ' at step ' + m.step;
+}
+function download(name, lines) {
+  var blob = new Blob([lines.map(function (m) { return JSON.stringify(m) + '\\n'; }).join('')],
+                      {type: 'application/x-ndjson'});
+  var a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 2000);
+}
+function jsonData(id) {
+  var el = document.getElementById(id);
+  return el ? JSON.parse(el.textContent) : null;
+}
+function setupLabelling() {
+  var t = jsonData('label-trace'), run = jsonData('label-run');
+  var by = document.getElementById('mark-by');
+  if (by) {
+    by.value = labeller();
+    by.addEventListener('input', function () {
+      var s = store();
+      if (s) { s.setItem(LABELS_SCHEMA + '|labelled_by', by.value.trim()); }
+    });
+  }
+  var note = document.getElementById('store-note');
+  if (note && !store()) {
+    note.textContent = 'This browser keeps no marks for files opened from disk: save before ' +
+                       'leaving the page.';
+  }
+  if (t) { setupTracePage(t); }
+  if (run) { setupRunPage(run); }
+}
+function setupTracePage(t) {
+  var reason = document.getElementById('mark-reason');
+  function show() {
+    var m = getMark(t);
+    document.getElementById('mark-text').textContent = markText(m);
+    document.querySelectorAll('.step.marked').forEach(function (el) {
+      el.classList.remove('marked');
+    });
+    if (m && m.failed !== false) {
+      var el = document.getElementById('step-' + m.step);
+      if (el) { el.classList.add('marked'); }
+    }
+    document.body.setAttribute('data-mark', m ? (m.failed === false ? 'not-failed'
+                                                 : m.agent + '@' + m.step) : '');
+  }
+  function mark(fields) {
+    var r = reason.value.trim();
+    if (r) { fields.reason = r; }
+    putMark(t, newMark(t, fields));
+    show();
+  }
+  var m = getMark(t);
+  if (m && m.reason) { reason.value = m.reason; }
+  document.querySelectorAll('[data-mark-step]').forEach(function (b) {
+    b.addEventListener('click', function (e) {
+      e.stopPropagation();
+      mark({failed: true, agent: b.getAttribute('data-mark-agent'),
+            step: parseInt(b.getAttribute('data-mark-step'), 10)});
+    });
+  });
+  document.getElementById('mark-not-failed').addEventListener('click', function () {
+    mark({failed: false});
+  });
+  document.getElementById('mark-clear').addEventListener('click', function () {
+    putMark(t, null); show();
+  });
+  reason.addEventListener('change', function () {
+    var old = getMark(t);
+    if (old) {
+      var r = reason.value.trim();
+      if (r) { old.reason = r; } else { delete old.reason; }
+      putMark(t, old);
+    }
+  });
+  document.getElementById('mark-save').addEventListener('click', function () {
+    var m = getMark(t), status = document.getElementById('save-status');
+    if (!m) { status.textContent = 'nothing marked yet'; return; }
+    download(t.file, [m]);
+    status.textContent = 'saved ' + t.file;
+  });
+  show();
+}
+function setupRunPage(run) {
+  function show() {
+    var marks = [], body = document.querySelector('#marked tbody');
+    body.textContent = '';
+    run.traces.forEach(function (t) {
+      var m = getMark(t);
+      if (!m) { return; }
+      marks.push(m);
+      var tr = document.createElement('tr');
+      [t.trace_id, markText(m), m.reason || '', m.labelled_by || ''].forEach(function (x) {
+        var td = document.createElement('td'); td.textContent = x; tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    var left = 0;
+    document.querySelectorAll('#to-label tbody tr').forEach(function (tr) {
+      var t = run.traces[parseInt(tr.getAttribute('data-trace'), 10)];
+      var done = getMark(t) !== null;
+      tr.style.display = done ? 'none' : '';
+      if (!done) { left += 1; }
+    });
+    document.getElementById('marked').style.display = marks.length ? '' : 'none';
+    document.getElementById('marks-count').textContent = marks.length;
+    document.getElementById('to-label-count').textContent = left;
+    document.body.setAttribute('data-marks', marks.length);
+    return marks;
+  }
+  document.getElementById('mark-save-all').addEventListener('click', function () {
+    var marks = show(), status = document.getElementById('save-status');
+    if (!marks.length) { status.textContent = 'nothing marked yet'; return; }
+    download(run.file, marks);
+    status.textContent = 'saved ' + marks.length + ' label(s) as ' + run.file;
+  });
+  window.addEventListener('focus', show);  // marks made in another tab
+  show();
+}
 """
 
 
@@ -105,6 +269,40 @@ def page_name(trace_id: str) -> str:
 
 class Markup(str):
     """A string already made safe for HTML."""
+
+
+def _json_script(css_id: str, data: Any) -> str:
+    """Data for the page's script; `<`, `>` and `&` are escaped so no log text ends the tag."""
+    text = (json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
+            .replace(">", "\\u003e").replace("&", "\\u0026"))
+    return f'<script type="application/json" id="{css_id}">{text}</script>'
+
+
+def _label_target(trace: Trace) -> dict[str, str]:
+    """How a mark names its trace: the id and the file it was read from (ids can repeat
+    across files, e.g. Who&When's `12.json` in two folders)."""
+    return {"trace_id": trace.trace_id, "source": str(trace.source.get("path", ""))}
+
+
+def labels_file_name(trace_id: str) -> str:
+    """The download's name for one trace's marks."""
+    return "labels-" + page_name(trace_id).removesuffix(".html") + ".jsonl"
+
+
+def _labelling_panel(trace: Trace) -> str:
+    target = dict(_label_target(trace), file=labels_file_name(trace.trace_id))
+    return (_json_script("label-trace", target)
+            + '<div class="labelling" id="labelling"><b>Label this run</b> · your mark: '
+            '<b id="mark-text">none</b><br><span class="note">Click <i>decisive error</i> on the '
+            'step where the run went wrong (its agent is taken from the step), or mark that it '
+            'did not fail. Marks are kept in this browser; the run report collects them. '
+            '<span id="store-note"></span></span><br>'
+            '<label>reason <input id="mark-reason" size="50" placeholder="optional"></label>'
+            '<label>labelled by <input id="mark-by" size="16" placeholder="optional"></label>'
+            '<button id="mark-not-failed">this run did not fail</button> '
+            '<button id="mark-clear">clear mark</button> '
+            '<button id="mark-save">save labels file</button> <span id="save-status"></span>'
+            '</div>')
 
 
 def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], css_id: str = "") -> str:
@@ -140,6 +338,8 @@ def _verdict_box(trace: Trace, verdict: dict | None, threshold: float) -> str:
         mark = lambda ok: '<span class="ok">✓</span>' if ok else '<span class="bad">✗</span>'  # noqa
         lab = (f'<p id="label-check">label: <b>{escape(trace.label.agent)}</b> at step '
                f'<b>{trace.label.step}</b> — agent {mark(a_ok)} step {mark(s_ok)}'
+               + (f" (from {escape(trace.source['label_from'])})"
+                  if trace.source.get("label_from") else "")
                + (f"<br><i>{escape(trace.label.reason or '')}</i>" if trace.label.reason else "")
                + "</p>")
     reason = escape(verdict.get("reason") or "")
@@ -188,7 +388,7 @@ def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold
     attributed_node = int(g.step_node[step]) if step is not None else None
     edges = [(int(s), int(r), EDGE_TYPES[int(t)]) for s, r, t in
              zip(g.senders, g.receivers, g.edge_type)]
-    body = [_verdict_box(trace, verdict, threshold),
+    body = [_verdict_box(trace, verdict, threshold), _labelling_panel(trace),
             f'<p>{escape(trace.task.question[:600]) if trace.task.question else ""}</p>',
             f'<p class="note">{len(trace.steps)} steps · {len(g.agents)} agents · framework '
             f'{escape(str(trace.system.framework))}</p>',
@@ -212,7 +412,9 @@ def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold
                 f"<pre>{escape(text[STEP_CHARS:])}</pre></details>" if len(text) > STEP_CHARS
                 else "")
         sc = scores.get(s.index)
-        body.append(f'<div class="{cls}" id="step-{s.index}"><b>step {s.index}</b> · '
+        body.append(f'<div class="{cls}" id="step-{s.index}"><button class="mark-step" '
+                    f'data-mark-step="{s.index}" data-mark-agent="{escape(s.agent)}">decisive '
+                    f'error</button><b>step {s.index}</b> · '
                     f'{escape(s.agent)}{" → " + escape(s.to) if s.to else ""}'
                     f'{" · " + escape(s.kind) if s.kind else ""}'
                     f'{" · span " + escape(str(s.extra["span_id"])) if "span_id" in s.extra else ""}'
@@ -274,10 +476,56 @@ def run_page(traces: list[Trace], verdicts: dict[str, dict], report: dict | None
                                             else '<span class="bad">✗</span>')
         lab = f"{t.label.agent} @ {t.label.step}" if t.label else ""
         rows.append((link, len(t.steps), said + (" (unsure)" if unsure else ""), conf, lab, right))
+    body.append(_labelling_section(traces, verdicts, links))
     body.append('<h2>Traces</h2><input id="filter" placeholder="filter by id, agent, …">'
                 + _table(("trace", "steps", "attributed", "confidence", "label", "correct"),
                          rows, "traces"))
     return page("run report", "\n".join(body))
+
+
+RUN_LABELS_FILE = "labels.jsonl"
+
+
+def labelling_order(traces: list[Trace], verdicts: dict[str, dict]) -> list[int]:
+    """The traces worth labelling first: those with neither a label nor an outcome saying they
+    succeeded, least certain verdict first (no verdict, or no confidence, counts as least
+    certain); ties keep the run's order."""
+    def certainty(i: int) -> float:
+        conf = (verdicts.get(traces[i].trace_id) or {}).get("confidence")
+        return -1.0 if conf is None else float(conf)
+    return sorted((i for i, t in enumerate(traces)
+                   if t.label is None and t.outcome.success is not True), key=certainty)
+
+
+def _labelling_section(traces: list[Trace], verdicts: dict[str, dict],
+                       links: dict[str, str]) -> str:
+    """Every mark of this run's traces, saved as one file, and the unlabelled traces in the
+    order worth labelling."""
+    data = {"file": RUN_LABELS_FILE, "traces": [_label_target(t) for t in traces]}
+    rows = []
+    for i in labelling_order(traces, verdicts):
+        t, v = traces[i], verdicts.get(traces[i].trace_id)
+        link = (f'<a href="{escape(links[t.trace_id])}">{escape(t.trace_id)}</a>'
+                if t.trace_id in links else escape(t.trace_id))
+        said = escape(f'{v["agent"]} @ {v["step"]}') if v else "no verdict"
+        conf = cell(v.get("confidence")) if v else "-"
+        rows.append(f'<tr data-trace="{i}"><td>{link}</td><td class="num">{len(t.steps)}</td>'
+                    f'<td>{said}</td><td class="num">{conf}</td></tr>')
+    labelled = sum(t.label is not None for t in traces)
+    return (_json_script("label-run", data)
+            + '<h2>Labelling</h2><div class="labelling" id="labelling"><p><b id="marks-count">0'
+            '</b> trace(s) marked in this browser · <button id="mark-save-all">save all marks'
+            '</button> <span id="save-status"></span><br><span class="note">Mark the decisive '
+            'step on each trace page; the marks are kept in this browser and saved here as one '
+            f'<code>astra.labels/v1</code> file ({RUN_LABELS_FILE}) for <code>astra train '
+            f'--labels</code>. {labelled} of {len(traces)} traces carry a label in their log '
+            '(a mark replaces it). <span id="store-note"></span></span></p>'
+            '<table id="marked"><thead><tr><th>trace</th><th>mark</th><th>reason</th>'
+            '<th>labelled by</th></tr></thead><tbody></tbody></table>'
+            '<p><b id="to-label-count">' + str(len(rows)) + '</b> unlabelled trace(s) to label, '
+            'least certain first:</p><table id="to-label"><thead><tr><th>trace</th><th>steps'
+            '</th><th>attributed</th><th>confidence</th></tr></thead><tbody>' + "".join(rows)
+            + "</tbody></table></div>")
 
 
 def write_reports(out: Path, traces: list[Trace], candidates: dict[str, dict],

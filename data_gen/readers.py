@@ -270,7 +270,8 @@ def unique_ids(traces: list[Trace]) -> tuple[list[Trace], list[str]]:
     """Traces whose ids collide get their file's folder name in front (`Hand-Crafted/1` beside
     `Algorithm-Generated/1`: Who&When names a log after its file, and both of its subsets have
     a `1.json`), so that every stage can key a trace by its id. The same paths always give the
-    same ids; each renaming is returned as a warning."""
+    same ids; the record's own id stays in `source["record_id"]` (a label may name it); each
+    renaming is returned as a warning."""
     count: dict[str, int] = {}
     for t in traces:
         count[t.trace_id] = count.get(t.trace_id, 0) + 1
@@ -279,7 +280,7 @@ def unique_ids(traces: list[Trace]) -> tuple[list[Trace], list[str]]:
         if count[t.trace_id] > 1 and "path" in t.source:
             new = f"{Path(t.source['path']).parent.name}/{t.trace_id}"
             renamed.append(f"{t.trace_id!r} → {new!r}")
-            t = dataclasses.replace(t, trace_id=new)
+            t = dataclasses.replace(t, trace_id=new, source={**t.source, "record_id": t.trace_id})
         out.append(t)
     notes = [f"{len(renamed)} records share a trace id with a record of another folder and are "
              f"named FOLDER/ID ({', '.join(renamed[:2])}, ...)"] if renamed else []
