@@ -44,6 +44,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
     from astra_cli.coarse_commands import add_mark_args
     add_mark_args(r)
+    r.add_argument("--gate", default="auto", metavar="auto|off|FILE",
+                   help="the gate between the stages (docs/pipeline.md): auto (default) uses "
+                   "OUT/astra_gate.json, else ADAPTER/astra_gate.json, when present; off: the "
+                   "fine stage's answers as they are")
+    r.add_argument("--fit-gate", nargs="+", type=Path, metavar="LABELLED_LOGS",
+                   help="fit the gate on these labelled logs (ones the fine stage did not train "
+                   "on; the run's own traces among them are gated out-of-fold) and save it as "
+                   "OUT/astra_gate.json")
     add_backend_args(r.add_argument_group("fine stage (coarse only when neither --model nor "
                                           "--llm-url is given)"))
     r.set_defaults(func=cmd_run, compiles=True)
@@ -64,14 +72,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+COARSE_ONLY = "ASTRA-JAX coarse only"
+
+
 def methods_of(verdicts: dict[str, dict], cands: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """The methods a run's verdicts stand for. When a fine stage produced them, the coarse
-    stage alone is scored beside it, so the table shows what the language model adds."""
+    stage alone is scored beside it, so the table shows what the language model adds; when a
+    gate chose between the two, the fine stage alone is scored too."""
+    from llm_stage.gate import fine_only
     fine = next((v["backend"] for v in verdicts.values() if v.get("backend")), None)
     if fine is None:
         return {"ASTRA-JAX coarse": verdicts}
-    return {f"ASTRA-JAX coarse→fine ({fine})": verdicts,
-            "ASTRA-JAX coarse only": {k: coarse_verdict(c) for k, c in cands.items()}}
+    coarse = {COARSE_ONLY: {k: coarse_verdict(c) for k, c in cands.items()}}
+    if not any(v.get("gate") for v in verdicts.values()):
+        return {f"ASTRA-JAX coarse→fine ({fine})": verdicts, **coarse}
+    return {f"ASTRA-JAX gated coarse→fine ({fine})": verdicts,
+            f"ASTRA-JAX coarse→fine ({fine})": {k: fine_only(v) for k, v in verdicts.items()},
+            **coarse}
 
 
 def evaluate_and_write(traces: list[Trace], methods: dict[str, dict[str, dict]],
@@ -83,7 +100,8 @@ def evaluate_and_write(traces: list[Trace], methods: dict[str, dict[str, dict]],
     if not any(t.label for t in traces):
         print("no labelled traces: nothing to score")
         return None
-    report = evaluate(traces, methods, candidates, k, threshold, seed)
+    report = evaluate(traces, methods, candidates, k, threshold, seed,
+                      changed_from=COARSE_ONLY if COARSE_ONLY in methods else None)
     md = eval_markdown(report)
     for path, text in ((json_path, json.dumps(report, indent=1)), (md_path, md)):
         if path:
@@ -120,6 +138,9 @@ class RunOptions:
     html: bool = True
     seed: int = 0
     answer_tokens: int = ANSWER_TOKENS  # the fine stage's longest answer
+    gate: str = "auto"  # "auto", "off" or a gate file (docs/pipeline.md)
+    gate_traces: tuple[Trace, ...] = ()  # labelled traces to fit the gate on
+    adapter: str | None = None  # where else a gate file may be (ADAPTER/astra_gate.json)
 
 
 def coarse_stage(run: Path | None, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
@@ -135,8 +156,8 @@ def coarse_stage(run: Path | None, traces: list[Trace], k: int, path: Path) -> d
     return {c["trace_id"]: c for c in cands}
 
 
-def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOptions,
-               path: Path) -> dict[str, dict]:
+def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOptions
+               ) -> dict[str, dict]:
     """Verdicts from the fine stage, or from the coarse stage when there is no backend. Traces
     the fine stage cannot handle are reported and get the coarse verdict, so none is lost."""
     if backend is None:
@@ -166,9 +187,29 @@ def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOp
     if missing:
         print(f"warning: {len(missing)} traces have no verdict (no candidates), e.g. "
               f"{missing[0]!r}", file=sys.stderr)
-    write_stage_file((verdicts[t.trace_id] for t in traces if t.trace_id in verdicts), path)
-    print(f"wrote {len(verdicts)} verdicts to {path}")
     return verdicts
+
+
+def gated_fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOptions,
+                     out: Path, coarse_run: Path | None) -> dict[str, dict]:
+    """The fine stage, then the gate (astra_cli/gate_stage.py). With `opts.gate_traces`, the
+    coarse and fine stages first run on those of them that are not the run's own traces (their
+    files in OUT/gate_fit/), and the gate is fitted on all of them."""
+    from astra_cli.gate_stage import gate_stage
+    verdicts = fine_stage(backend, traces, cands, opts)
+    if backend is None:
+        return verdicts
+    fit = None
+    if opts.gate_traces:
+        own = {t.trace_id: t for t in traces}
+        new = [t for t in opts.gate_traces if own.get(t.trace_id) != t]
+        fit_c = coarse_stage(coarse_run, new, opts.top_k, out / "gate_fit" / "candidates.jsonl"
+                             ) if new else {}
+        fit_v = fine_stage(backend, new, fit_c, opts) if new else {}
+        write_stage_file(fit_v.values(), out / "gate_fit" / "verdicts.jsonl")
+        fit = (list(opts.gate_traces), fit_c, fit_v)
+    return gate_stage(backend.name, opts.strategy, traces, cands, verdicts, opts.gate, out,
+                      opts.adapter, fit, opts.seed)
 
 
 def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | None, backend,
@@ -183,8 +224,13 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
             raise SystemExit(f"error: --from {start} needs {path} from an earlier run")
     cands = (coarse_stage(coarse_run, traces, opts.top_k, cand_path) if first == 0
              else read_stage_rows(cand_path, CANDIDATES_SCHEMA))
-    verdicts = (fine_stage(backend, traces, cands, opts, verdict_path) if first <= 1
-                else read_stage_rows(verdict_path, VERDICT_SCHEMA))
+    if first <= 1:
+        verdicts = gated_fine_stage(backend, traces, cands, opts, out, coarse_run)
+        write_stage_file((verdicts[t.trace_id] for t in traces if t.trace_id in verdicts),
+                         verdict_path)
+        print(f"wrote {len(verdicts)} verdicts to {verdict_path}")
+    else:
+        verdicts = read_stage_rows(verdict_path, VERDICT_SCHEMA)
     report = evaluate_and_write(traces, methods_of(verdicts, cands), cands, opts.top_k,
                                 opts.threshold, opts.seed, out / "eval.json", out / "eval.md")
     if opts.html:
@@ -204,8 +250,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (args.model or args.llm_url) and args.start != "report":
         from llm_stage.cli import make_backend
         backend = make_backend(args)
+    if args.fit_gate and (args.gate != "auto" or not (args.model or args.llm_url)
+                          or args.start == "report"):
+        print("error: --fit-gate fits the gate of a fine stage: it needs --model or --llm-url, "
+              "and neither --gate nor --from report", file=sys.stderr)
+        return 2
+    gate_traces = tuple(load_valid_traces(args.fit_gate)) if args.fit_gate else ()
     opts = RunOptions(args.top_k, args.strategy, args.budget, args.threshold, not args.no_html,
-                      answer_tokens=args.answer_tokens)
+                      answer_tokens=args.answer_tokens, gate=args.gate, gate_traces=gate_traces,
+                      adapter=args.adapter)
     try:
         run_pipeline(traces, args.out, args.start, args.coarse, backend, opts)
     except SystemExit as e:

@@ -319,7 +319,7 @@ def _verdict_box(trace: Trace, verdict: dict | None, threshold: float) -> str:
     if verdict is None:
         return '<div class="verdict unsure"><span class="big">No verdict</span></div>'
     conf = verdict.get("confidence")
-    unsure = conf is not None and conf < threshold
+    unsure = conf is not None and conf < threshold or bool(verdict.get("unsure"))
     head = (f'<span class="big">{"Unsure — best guess: " if unsure else ""}'
             f'{escape(verdict["agent"])} at step {verdict["step"]}</span>')
     facts = [f"confidence {conf:.3f}" if conf is not None else "no confidence",
@@ -328,6 +328,10 @@ def _verdict_box(trace: Trace, verdict: dict | None, threshold: float) -> str:
         facts.append(f"fault mode {escape(verdict['mode'])}")
     if verdict.get("fallback"):
         facts.append("fallback to the coarse stage")
+    if verdict.get("gate"):
+        g = verdict["gate"]
+        facts.append(f"gate: {escape(str(g.get('decision')))} (fine stage said "
+                     f"{escape(str(g['fine'].get('agent')))} at step {g['fine'].get('step')})")
     tok = verdict.get("tokens") or {}
     if tok.get("prompt"):
         facts.append(f"{tok['prompt']:,} prompt tokens")
@@ -471,7 +475,7 @@ def run_page(traces: list[Trace], verdicts: dict[str, dict], report: dict | None
                       if t.trace_id in links else escape(t.trace_id))
         said = f'{v["agent"]} @ {v["step"]}' if v else "no verdict"
         conf = v.get("confidence") if v else None
-        unsure = conf is not None and conf < threshold
+        unsure = conf is not None and conf < threshold or bool(v and v.get("unsure"))
         right = "" if r is None else Markup('<span class="ok">✓</span>' if r["correct"]
                                             else '<span class="bad">✗</span>')
         lab = f"{t.label.agent} @ {t.label.step}" if t.label else ""

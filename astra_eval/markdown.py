@@ -6,7 +6,8 @@ from typing import Any, Sequence
 COLUMNS = (("n", "n"), ("agent", "agent_acc"), ("step", "step_acc"), ("step ±1", "step_acc_pm1"),
            ("step ±3", "step_acc_pm3"), ("top-K agent", "topk_agent_recall"),
            ("top-K step", "topk_step_recall"), ("ECE", "ece"), ("coverage", "coverage"),
-           ("selective acc", "selective_acc"), ("prompt tokens", "prompt_tokens_mean"),
+           ("selective acc", "selective_acc"), ("changed", "changed"),
+           ("changes right", "changed_right"), ("prompt tokens", "prompt_tokens_mean"),
            ("latency s", "latency_s_mean"))
 
 
@@ -29,13 +30,20 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def value(summary: dict[str, Any], key: str) -> Any:
+    """A summary's cell: changes right as "k of n", the rest as they are."""
+    if key == "changed_right" and summary.get(key) is not None:
+        return f"{summary[key]} of {summary['changed_n']}"
+    return summary.get(key)
+
+
 def summary_rows(report: dict[str, Any]) -> list[list[Any]]:
     """One row per (set, method): overall first, then each subset."""
     sets = [("all", report["overall"])] + list(report["subsets"].items())
     rows = []
     for name, by_method in sets:
         for i, (method, s) in enumerate(by_method.items()):
-            rows.append([name if i == 0 else "", method] + [s[key] for _, key in COLUMNS])
+            rows.append([name if i == 0 else "", method] + [value(s, key) for _, key in COLUMNS])
     return rows
 
 
@@ -48,7 +56,9 @@ def eval_markdown(report: dict[str, Any]) -> str:
            f"figures. Top-K recall: the label among the coarse stage's top {k} agents / their "
            f"steps. ECE over 10 bins of the verdict's confidence (correct = agent and step). "
            f"Coverage and selective accuracy at confidence threshold {tau:g} (below it the tool "
-           "answers \"unsure\").", "",
+           "answers \"unsure\", as it does where the gate cannot choose between the stages). "
+           "Changed: the share of verdicts unlike the coarse stage's alone; changes right: how "
+           "many of those are right (agent and step).", "",
            md_table(["set", "method"] + [h for h, _ in COLUMNS], summary_rows(report))]
     rc = report["risk_coverage"]
     if rc:

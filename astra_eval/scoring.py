@@ -46,7 +46,8 @@ def score_record(trace: Trace, verdict: dict | None, cands: dict | None, k: int,
     dist = abs(row["step"] - lab.step) if row["step"] is not None else math.inf
     row.update(agent_ok=agent_ok, step_ok=dist == 0, step_pm1=dist <= 1, step_pm3=dist <= 3)
     row["correct"] = agent_ok and dist == 0
-    row["answered"] = row["confidence"] is None or row["confidence"] >= threshold
+    row["answered"] = (row["confidence"] is None or row["confidence"] >= threshold) and not (
+        verdict or {}).get("unsure")  # a gate that could not choose between the stages
     top = (cands or {}).get("agents", [])[:k]
     row["topk_agent"] = any(norm(a["agent"]) == norm(lab.agent) for a in top) if cands else None
     row["topk_step"] = (any(s["step"] == lab.step for a in top for s in a["steps"]) if cands
@@ -123,6 +124,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["selective_acc"] = (sum(r["correct"] for r in answered) / len(answered)
                             if answered else None)
     lat = [r["latency_s"] for r in rows if r["latency_s"] is not None]
+    changed = [r for r in rows if r.get("changed")]
+    compared = any(r.get("changed") is not None for r in rows)
+    out["changed"] = len(changed) / d if compared else None  # verdicts unlike the reference's
+    out["changed_right"] = sum(r["correct"] for r in changed) if compared else None
+    out["changed_n"] = len(changed) if compared else None
     out["prompt_tokens_mean"] = sum(r["prompt_tokens"] for r in rows) / d
     out["latency_s_mean"] = sum(lat) / len(lat) if lat else None
     return out
@@ -198,14 +204,25 @@ def confusion(rows: list[dict[str, Any]], top: int = 8) -> dict[str, Any]:
     return {"labels": labels + ["other"], "predicted": cols, "counts": rows_out}
 
 
+def mark_changes(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
+    """Set each row's `changed`: whether its (agent, step) differs from the reference row's
+    (the same traces, in the same order)."""
+    for r, ref in zip(rows, reference):
+        r["changed"] = (r["agent"] is not None and (norm(r["agent"]), r["step"]) !=
+                        (norm(ref["agent"] or ""), ref["step"]))
+
+
 def evaluate(traces: list[Trace], methods: dict[str, dict[str, dict]],
              candidates: dict[str, dict], k: int = 3, threshold: float = 0.0,
-             seed: int = 0, subset: Callable[[Trace], str] | None = None) -> dict[str, Any]:
+             seed: int = 0, subset: Callable[[Trace], str] | None = None,
+             changed_from: str | None = None) -> dict[str, Any]:
     """The whole evaluation (`astra.eval/v1`): each of our methods (name → verdicts by trace id;
     the first is the primary one) and the baselines, overall and per subset; the primary
     method's per-record outcomes and the curves the report draws. Unlabelled traces are
     skipped. Our methods share the coarse candidates for top-K recall. `subset` names each
-    trace's subset (default: `subset_of`, its source format and topology)."""
+    trace's subset (default: `subset_of`, its source format and topology). `changed_from`: one
+    of `methods` (the coarse stage alone) against which the others' changed verdicts are
+    counted, and how many of those changes are right."""
     labelled = [t for t in traces if t.label is not None]
     primary = next(iter(methods))
     baselines = baseline_verdicts(labelled, methods[primary], seed)
@@ -213,6 +230,10 @@ def evaluate(traces: list[Trace], methods: dict[str, dict[str, dict]],
                                candidates.get(t.trace_id) if m in methods else None, k, threshold,
                                subset or subset_of)
                   for t in labelled] for m, vs in {**methods, **baselines}.items()}
+    if changed_from is not None:
+        for m in methods:
+            if m != changed_from:
+                mark_changes(scored[m], scored[changed_from])
     ours = scored[primary]
     subsets = sorted({r["subset"] for r in ours})
     conf = [float(r["confidence"]) for r in ours if r["confidence"] is not None]

@@ -136,7 +136,8 @@ class EndpointBackend:
         self.cfg = replace(cfg, temperature=0.0)
         self.count = count
         self.parallel = parallel
-        self.name = f"endpoint:{cfg.url}"
+        # the model name too: one server can serve several (a gate is fitted for one)
+        self.name = f"endpoint:{cfg.url}" + (f"#{cfg.model}" if cfg.model else "")
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int = 256) -> Completion:
         r = chat(replace(self.cfg, max_tokens=max_tokens), messages)

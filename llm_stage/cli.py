@@ -1,4 +1,5 @@
-"""`astra-llm`: the fine stage from the command line (prep, finetune, localize, serve, tiny)."""
+"""`astra-llm`: the fine stage from the command line (prep, finetune, localize, fit-gate, serve,
+tiny)."""
 from __future__ import annotations
 
 import argparse
@@ -107,6 +108,30 @@ def cmd_localize(args) -> int:
     return 0 if n else 1
 
 
+def cmd_fit_gate(args) -> int:
+    """Fit the gate on labelled logs, their candidates and `localize`'s verdicts on them."""
+    from data_gen.stage_files import read_stage_rows
+    from data_gen.trace import VERDICT_SCHEMA
+    from llm_stage.gate import (GateError, describe, fit_gate, identity_of_verdicts,
+                                labelled_rows, labels_of, save_gate)
+    traces = load_valid_traces(args.traces)
+    cands = _candidates(args.candidates)
+    fine = read_stage_rows(args.verdicts, VERDICT_SCHEMA)
+    labels = labels_of(traces)
+    rows = labelled_rows(cands, fine, labels)
+    try:
+        identity = identity_of_verdicts(fine.values(), str(args.verdicts))
+        gate = fit_gate(rows, labels, identity, next((c.get("model") or {}
+                                                      for c in cands.values()), {}), args.seed)
+    except GateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"gate: {describe(gate)}")
+    print(f"wrote the gate to {save_gate(gate, args.out)} (for {identity['backend']}, "
+          f"{identity['strategy']}, {identity['prompt_version']})")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from llm_stage.server import ServerConfig, make_server
     backend = make_backend(args)
@@ -173,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_answer_tokens_arg(p)
     add_backend_args(p)
     p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("fit-gate", help="fit the gate between the stages on labelled logs "
+                       "the fine stage did not train on (docs/fine_stage.md)")
+    p.add_argument("traces", nargs="+", type=Path, help="labelled logs")
+    p.add_argument("--candidates", type=Path, required=True, help="their candidates JSONL")
+    p.add_argument("--verdicts", type=Path, required=True,
+                   help="`astra-llm localize`'s verdicts on them (the fine stage to gate)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the gate file, e.g. ft/adapter/astra_gate.json (beside the adapter, "
+                   "where `astra run --adapter` finds it)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds")
+    p.set_defaults(func=cmd_fit_gate)
 
     p = sub.add_parser("serve", help="HTTP server: /v1/chat/completions and /v1/localize")
     add_backend_args(p)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from data_gen.chat_client import ChatError
 from data_gen.trace import Trace
 from llm_stage.backends import Backend
+from llm_stage.prompts import PROMPT_VERSION
 from llm_stage.strategies import ANSWER_TOKENS, STRATEGIES
 
 
@@ -31,6 +32,7 @@ def localize_one(trace: Trace, cands: dict | None, backend: Backend, strategy: s
     verdict["latency_s"] = round(time.perf_counter() - t0, 4)
     verdict["strategy"] = strategy
     verdict["backend"] = backend.name
+    verdict["prompt_version"] = PROMPT_VERSION  # what a gate fitted on these verdicts is for
     return verdict
 
 

@@ -42,15 +42,19 @@ class Tally:
 def coarse_to_fine(trace: Trace, cands: dict, backend: Backend, budget: int,
                    answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     tally = Tally(backend)
-    text = tally.ask(focused_prompt(trace, cands, budget, backend.count).messages, answer_tokens)
-    return make_verdict(trace, cands, text, tally.tokens(), tally.prob)
+    prompt = focused_prompt(trace, cands, budget, backend.count)
+    text = tally.ask(prompt.messages, answer_tokens)
+    return {**make_verdict(trace, cands, text, tally.tokens(), tally.prob),
+            "prompt_truncated": prompt.truncated}
 
 
 def all_at_once(trace: Trace, cands: dict | None, backend: Backend, budget: int,
                 answer_tokens: int = ANSWER_TOKENS) -> dict[str, Any]:
     tally = Tally(backend)
-    text = tally.ask(full_prompt(trace, budget, backend.count).messages, answer_tokens)
-    return make_verdict(trace, cands, text, tally.tokens(), tally.prob)
+    prompt = full_prompt(trace, budget, backend.count)
+    text = tally.ask(prompt.messages, answer_tokens)
+    return {**make_verdict(trace, cands, text, tally.tokens(), tally.prob),
+            "prompt_truncated": prompt.truncated}
 
 
 def _yes(text: str) -> bool | None:

@@ -312,3 +312,19 @@ def test_llm_stage_never_imports_jax():
     code = ("import sys, llm_stage.cli, llm_stage.server, llm_stage.finetune, "
             "llm_stage.localize, llm_stage.tiny; assert 'jax' not in sys.modules, 'jax'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_gate_keeps_the_tiny_models_fine_stage_from_making_things_worse(tuned, tiny):
+    """The demo's situation: a tiny LoRA-tuned local model as the fine stage. On held-out
+    simulated traces it never trained on, the gated verdicts score at least as well as the
+    better of the two stages (within one trace), on agent and on step."""
+    import random
+    from test_gate import held_out_figures, simulated_candidates
+    traces = [t for r in generate(GenConfig(n_tasks=50, seed=5, workers=1, max_tools=5))
+              for t in r.traces if t.variant == "fatal"]  # 43: the gate fits on 21
+    rng = random.Random(11)
+    cands = {t.trace_id: simulated_candidates(t, rng, 0.6) for t in traces}
+    f = held_out_figures(LocalBackend(tiny, tuned["dir"] / "adapter"), traces, cands,
+                         answer_tokens=96)
+    for i in (0, 1):  # agent, step
+        assert f["gated"][i] >= max(f["coarse"][i], f["fine"][i]) - 1, f
