@@ -96,7 +96,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--faults", type=_csv(FAULT_MODES), default=FAULT_MODES,
                    help=f"comma-separated fault modes, from {', '.join(FAULT_MODES)}")
     g.add_argument("--variants", type=_csv(VARIANTS), default=VARIANTS)
-    g.add_argument("--max-tools", type=int, default=28, help="longest tool chain per task")
+    g.add_argument("--max-tools", type=int, default=GenConfig.max_tools,
+                   help="longest tool chain per task (drawn log-uniformly up to it)")
     g.add_argument("--format", choices=("native", "whowhen"), default="native")
     g.add_argument("--layout", choices=("jsonl", "files"), default="jsonl",
                    help="one JSONL file, or one JSON file per trace in a directory")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from astra_cli.data_commands import add_labels_arg, load_labelled
+from data_gen.readers import load_valid_traces
 from data_gen.stage_files import (SINGLE_AGENT, coarse_verdict, read_stage_rows,
                                   write_stage_file)
 from data_gen.trace import CANDIDATES_SCHEMA, VERDICT_SCHEMA, Trace

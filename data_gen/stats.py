@@ -2,7 +2,9 @@
 
 Where labels sit is reported beside counts, so that simulated data can be checked against real
 failure logs: the share of labels at step 0 (the opening plan), the share on the labelled
-agent's first step, and the mean relative position step / (steps - 1).
+agent's first step, the mean relative position step / (steps - 1) and its spread (10th to 90th
+percentile). Team shapes (topologies) and agents per log show how varied a set is; tool
+entities (AgentSpec.role "tool") are not counted as agents.
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Iterable, NamedTuple
 
 from data_gen.trace import Trace
 
+TOOL_ROLE = "tool"
 STATS_HEADERS = ("group", "traces", "steps min", "steps mean", "steps max", "agents mean",
-                 "labelled", "label at step 0", "label on agent's 1st step", "label rel. pos.",
+                 "agents min-max", "team shapes", "labelled", "label at step 0",
+                 "label on agent's 1st step", "label rel. pos.", "rel. pos. p10-p90",
                  "top modes")
 
 
@@ -21,6 +25,10 @@ class LabelPositions(NamedTuple):
     at_step0: float
     on_first_step: float  # the labelled step is the first step of the labelled agent
     mean_relative: float  # mean of step / (steps - 1)
+
+
+def relative_position(t: Trace) -> float:
+    return t.label.step / max(len(t.steps) - 1, 1)
 
 
 def label_positions(traces: Iterable[Trace]) -> LabelPositions | None:
@@ -34,8 +42,19 @@ def label_positions(traces: Iterable[Trace]) -> LabelPositions | None:
         step = t.label.step
         at0 += step == 0
         first += all(s.agent != t.label.agent for s in t.steps[:step])
-        rel += step / max(len(t.steps) - 1, 1)
+        rel += relative_position(t)
     return LabelPositions(at0 / n, first / n, rel / n) if n else None
+
+
+def n_agents(t: Trace) -> int:
+    """Entities of the log that decide: all of them but those the system marks as tools."""
+    tools = {a.name for a in t.system.agents if a.role == TOOL_ROLE}
+    return sum(a not in tools for a in t.agents)
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def group_of(t: Trace) -> str:
@@ -56,11 +75,15 @@ def stats_rows(traces: Iterable[Trace]) -> list[tuple]:
     for name in sorted(groups, key=lambda g: (g == "all", g.startswith("all/"), g)):
         ts = groups[name]
         lens = [len(t.steps) for t in ts]
+        agents = [n_agents(t) for t in ts]
+        shapes = len({t.system.topology or t.source.get("format", "unknown") for t in ts})
         labelled = [t for t in ts if t.label]
         modes = Counter(t.label.mode or "unknown" for t in labelled).most_common(3)
         pos = label_positions(labelled)
+        rel = [relative_position(t) for t in labelled]
+        spread = f"{_percentile(rel, 0.1):.2f}-{_percentile(rel, 0.9):.2f}" if rel else "-"
         rows.append((name, len(ts), min(lens), sum(lens) / len(lens), max(lens),
-                     sum(len(t.agents) for t in ts) / len(ts), len(labelled),
-                     *(pos if pos else ("-", "-", "-")),
+                     sum(agents) / len(ts), f"{min(agents)}-{max(agents)}", shapes,
+                     len(labelled), *(pos if pos else ("-", "-", "-")), spread,
                      ", ".join(f"{m} {c}" for m, c in modes) or "-"))
     return rows

@@ -241,14 +241,20 @@ def policy_name(kind: str, l2: float | None) -> str:
     return f"logistic(l2={l2:g})" if kind == "logistic" else kind
 
 
-def choose_policy(cv: dict[str, dict[str, float]]) -> tuple[str, float | None]:
-    """The candidate with the best cross-validated agent + step; a policy must beat `coarse`
-    (ties keep the coarse verdict: a change has to be shown to help), and among the others the
-    earlier in CANDIDATE_POLICIES (more strongly regularised first) wins a tie."""
+def choose_policy(cv: dict[str, dict[str, float]], n: int) -> tuple[str, float | None]:
+    """The candidate with the best cross-validated agent + step among those no worse than
+    `coarse` on agent and on step (a policy that buys agent accuracy with step accuracy is not
+    taken); a policy must beat `coarse` by more than the noise of out-of-fold accuracy on `n`
+    traces, 1 / (2 sqrt(n)) in agent + step (a change has to be shown to help: on 30 traces
+    one verdict more is no proof), and among the others the earlier in CANDIDATE_POLICIES (more strongly
+    regularised first) wins a tie."""
     total = lambda name: cv[name]["agent"] + cv[name]["step"]  # noqa: E731
-    best = ("coarse", None)
+    base = cv["coarse"]
+    best, bar = ("coarse", None), total("coarse") + 0.5 / math.sqrt(max(n, 1))
     for kind, l2 in CANDIDATE_POLICIES[1:]:
-        if total(policy_name(kind, l2)) > total(policy_name(*best)) + 1e-12:
+        name = policy_name(kind, l2)
+        safe = min(cv[name]["agent"] - base["agent"], cv[name]["step"] - base["step"]) > -1e-12
+        if safe and total(name) > max(bar, total(policy_name(*best)) + 1e-12):
             best = (kind, l2)
     return best
 
@@ -292,7 +298,7 @@ def fit_gate(rows: Sequence[GateRow], labels: dict[str, tuple[str, int]],
         raise GateError(f"a gate needs at least {MIN_LABELLED} labelled traces that both stages "
                         f"answered; {len(rows)} given")
     cv = cross_validate(rows, labels, seed=seed)
-    kind, l2 = choose_policy(cv)
+    kind, l2 = choose_policy(cv, len(rows))
     return Gate(fit_policy(kind, rows, labels, l2), dict(identity), len(rows),
                 sum(r.open for r in rows), cv, dict(coarse_model or {}),
                 trace_ids=tuple(r.trace_id for r in rows))
@@ -306,7 +312,7 @@ def out_of_fold_decisions(rows: Sequence[GateRow], labels: dict[str, tuple[str, 
     for test in _folds(len(rows), max(2, min(folds, len(rows))), seed + 100):
         held = set(test)
         train = [rows[i] for i in range(len(rows)) if i not in held]
-        kind, l2 = choose_policy(cross_validate(train, labels, seed=seed))
+        kind, l2 = choose_policy(cross_validate(train, labels, seed=seed), len(train))
         pol = fit_policy(kind, train, labels, l2)
         for i, d in zip(test, decide(pol, [rows[i] for i in test])):
             out[i] = d

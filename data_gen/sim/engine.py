@@ -5,7 +5,7 @@ the coordinator instructs an executor, the executor calls a tool, the environmen
 output, the executor hands the result on, now and then a verifier checks it. Executing a plan
 computes a value for every artifact, so the final answer is a real function of every step on the
 chain. A fault changes what one action does; whether it is fatal is found by executing, and the
-label is found by replay: the earliest step of an agent (the environment is not an agent) whose
+label is found by replay: the earliest step of an agent (a tool entity is not an agent) whose
 correction makes the run succeed.
 
 The opening plan restates the task, and the calls that work on the question read that
@@ -140,12 +140,13 @@ def build_plan(team: Team, walk: list[Tool], choices: list[ChunkChoice], seed_va
                               chunk=k))
         if team.env_agent and tool.skill in team.env_skills:
             res = new_artifact()
-            actions.append(Action(team.env_agent, "result", "tool_result", tool=tool,
+            actions.append(Action(team.tool_entity(tool.name), "result", "tool_result", tool=tool,
                                   inputs=(out,), output=res, call=call_index, chunk=k))
             out = res
         handoff_out = new_artifact()
+        target = team.verifier if lead else team.coordinator
         actions.append(Action(executor, "handoff", "message", tool=tool, inputs=(out,),
-                              output=handoff_out, to=team.verifier if lead else team.coordinator,
+                              output=handoff_out, to=target if target != executor else None,
                               call=call_index, chunk=k))
         latest[tool.produces] = handoff_out
         if ch.rubber_verify or heal_chunk == k:
@@ -256,9 +257,10 @@ def first_steps(plan: Plan) -> set[int]:
 
 
 def decisive_step(plan: Plan, fault: Fault, golden_final: int, env_agent: str | None) -> int | None:
-    """The earliest agent step whose correction makes the faulty run succeed, by replay."""
+    """The earliest agent step whose correction makes the faulty run succeed, by replay; tool
+    result steps are not decisions and never the label."""
     for t, a in enumerate(plan.actions):
-        if a.agent == env_agent:
+        if a.op == "result" or a.agent == env_agent:
             continue
         if execute(plan, fault, corrected=t, golden_final=golden_final).success:
             return t

@@ -8,6 +8,7 @@ if it succeeds. Tasks that meet none of this are reported as rejected, never rel
 """
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import random
 from dataclasses import dataclass, field
@@ -16,38 +17,38 @@ from typing import Callable, Iterator
 from data_gen.sim.engine import (LABEL_MODE, PLAN_FAULTS, Fault, Plan, Run, build_plan,
                                  decisive_step, draw_choices, eligible_steps, execute, first_steps)
 from data_gen.sim.render import TOPICS, render_step, show
-from data_gen.sim.teams import TEAMS, Team
+from data_gen.sim.teams import TEAMS, TOOL_ROLE, Team, draw_team
 from data_gen.sim.tools import random_walk
-from data_gen.stats import LabelPositions
 from data_gen.trace import (FAULT_MODES, VARIANTS, AgentSpec, Label, Outcome, Step, System, Task,
                             ToolCall, Trace)
 
 
-# Where labels sit in the 126 Who&When Algorithm-Generated development logs (measured once with
-# `astra traces stats`; the generator never reads them): the rates below aim at these.
-DEV_LABEL_POSITIONS = LabelPositions(at_step0=0.159, on_first_step=0.532, mean_relative=0.369)
+MAX_STEPS = 300  # the longest log; a plan over it is cut back by whole tools
 
 
 @dataclass(frozen=True)
 class GenConfig:
-    """`plan_fault_rate`: share of tasks whose fault is in the opening plan (it misstates the
-    task or asserts the first tool's result; label at step 0). `misreading_rate`: share whose
-    first acting agent misreads the question in its first step. The rest draw from `modes`;
-    with probability `first_step_bias` such a fault goes to an agent's first step where one is
-    eligible (an agent new to the conversation has the least context).
-    With the defaults, labels of the fatal traces sit at step 0, on the labelled agent's first
-    step and at a mean relative position close to DEV_LABEL_POSITIONS."""
+    """What each task draws from. Tool chains are `min_tools` to `max_tools` long, drawn
+    log-uniformly, so short logs are common and long ones (up to MAX_STEPS) a minority.
+    Where the fault sits is drawn wide on purpose, so that no framework's habit is the prior:
+    `plan_fault_rate` of tasks get a fault in the opening plan (label at step 0),
+    `misreading_rate` a first call that misreads the question (the agent's first step); the
+    rest draw from `modes`, and with probability `first_step_bias` such a fault goes to an
+    agent's first step where one is eligible, otherwise to the eligible step nearest a
+    relative position drawn uniformly over the log. Names, team sizes and the rendering of
+    tool output are drawn per task (`teams.draw_team`)."""
     n_tasks: int = 100
     seed: int = 0
     topologies: tuple[str, ...] = tuple(TEAMS)
     modes: tuple[str, ...] = FAULT_MODES
     variants: tuple[str, ...] = VARIANTS
     min_tools: int = 1
-    max_tools: int = 28
+    max_tools: int = 64
     workers: int = 0  # 0: all cores
-    plan_fault_rate: float = 0.16
-    misreading_rate: float = 0.22
-    first_step_bias: float = 0.7
+    plan_fault_rate: float = 0.08
+    misreading_rate: float = 0.08
+    first_step_bias: float = 0.25
+    canonical_names: float = 0.2  # share of teams that keep their framework's canonical names
 
 
 @dataclass
@@ -56,9 +57,11 @@ class TaskResult:
     rejected: str | None = None
 
 
-def draw_fault_kind(rng: random.Random, cfg: GenConfig) -> str:
+def draw_fault_kind(rng: random.Random, cfg: GenConfig,
+                    possible: Callable[[str], bool] = lambda kind: True) -> str:
     """A faulty plan, a misreading or one of `cfg.modes`, at the configured rates; kinds whose
-    label mode is not in `cfg.modes` are not drawn."""
+    label mode is not in `cfg.modes` are not drawn, nor kinds `possible` rules out (a single
+    agent delegates nothing, so it cannot overstep a delegation)."""
     u = rng.random()
     if u < cfg.plan_fault_rate:
         pool = PLAN_FAULTS
@@ -66,8 +69,16 @@ def draw_fault_kind(rng: random.Random, cfg: GenConfig) -> str:
         pool = ("task_misreading",)
     else:
         pool = cfg.modes
-    pool = tuple(k for k in pool if LABEL_MODE[k] in cfg.modes) or cfg.modes
+    pool = tuple(k for k in pool if LABEL_MODE[k] in cfg.modes and possible(k)) or tuple(
+        k for k in cfg.modes if possible(k)) or cfg.modes
     return pool[rng.randrange(len(pool))]
+
+
+def draw_n_tools(rng: random.Random, lo: int, hi: int) -> int:
+    """Log-uniform on [lo, hi]: many short chains, few long ones."""
+    lo = max(lo, 1)
+    hi = max(hi, lo)
+    return min(hi, int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))
 
 
 def _reason(mode: str, agent: str, tool: str | None, step: int) -> str:
@@ -90,36 +101,62 @@ def _reason(mode: str, agent: str, tool: str | None, step: int) -> str:
 def _trace(team: Team, plan: Plan, run: Run, fault: Fault | None, label: Label | None,
            variant: str, trace_id: str, question: str, golden_final: int, seed: int) -> Trace:
     rng = random.Random(seed * 7 + VARIANTS.index(variant))
-    steps = []
+    steps: list[Step] = []
     instruct_of = {a.call: i for i, a in enumerate(plan.actions) if a.op == "instruct"}
     for i, a in enumerate(plan.actions):
         content, tool = render_step(rng, team, plan, run, i, fault, question)
+        if a.op == "result" and team.result_style == "history":
+            content = _with_history(steps, question, content)
         refs = {plan.producer[j] for j in a.inputs if plan.producer[j] >= 0}
         if i in instruct_of:
             refs.add(instruct_of[i])
         if team.framework == "magentic-one":
             role = f"{a.agent} (thought)" if a.kind == "thought" else (
                 f"{a.agent} (-> {a.to})" if a.to else a.agent)
+        elif a.op == "result":
+            role = "tool" if team.framework == "single-agent" else "user"
         else:
-            role = "user" if a.agent == team.env_agent else "assistant"
+            role = "assistant"
         steps.append(Step(index=i, agent=a.agent, content=content, kind=a.kind, to=a.to, role=role,
                           tool=ToolCall(tool["name"], tool.get("arguments", {}), tool["status"])
                           if tool else None, refs=tuple(sorted(refs))))
+    tool_entities: dict[str, list[str]] = {}
+    for a in plan.actions:
+        if a.op == "result":
+            tool_entities.setdefault(a.agent, [])
+            if a.tool.name not in tool_entities[a.agent]:
+                tool_entities[a.agent].append(a.tool.name)
+    specs = [AgentSpec(name=n, role=team.roles.get(n)) for n in team.agents]
+    specs += [AgentSpec(name=n, role=TOOL_ROLE, tools=tuple(ts)) for n, ts in tool_entities.items()]
     final_kind = plan.actions[plan.producer[plan.actions[-1].inputs[0]]].tool.produces
     return Trace(
         trace_id=trace_id,
         task=Task(question=question, ground_truth=show(final_kind, golden_final)),
         steps=tuple(steps),
         system=System(framework=team.framework, topology=team.topology,
-                      agents=tuple(AgentSpec(name=n, role=team.roles.get(n)) for n in team.agents)),
+                      agents=tuple(specs)),
         outcome=Outcome(success=run.success, final_answer=show(final_kind, run.final)),
         label=label, variant=variant, source={"format": "astra-gen", "seed": seed})
 
 
+HISTORY_STEPS = 12  # a history-repeating harness: how many earlier turns each tool turn repeats
+HISTORY_CHARS = 160  # and how much of each
+
+
+def _with_history(steps: list[Step], question: str, content: str) -> str:
+    """A tool turn of a harness that sends the whole conversation again with each new output
+    (cut to its last HISTORY_STEPS turns so that long logs stay small)."""
+    shown = steps[-HISTORY_STEPS:]
+    lines = [f"user: {question}"] if len(shown) == len(steps) else ["..."]
+    lines += [f"{s.agent}: {s.content[:HISTORY_CHARS]}" for s in shown]
+    return "Conversation so far:\n" + "\n".join(lines) + f"\n\nNew tool output:\n{content}"
+
+
 def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
     rng = random.Random(seed)
-    team = TEAMS[cfg.topologies[rng.randrange(len(cfg.topologies))]]
-    walk = random_walk(rng, set(team.executors), rng.randint(cfg.min_tools, cfg.max_tools))
+    team = draw_team(rng, TEAMS[cfg.topologies[rng.randrange(len(cfg.topologies))]],
+                     cfg.canonical_names)
+    walk = random_walk(rng, set(team.executors), draw_n_tools(rng, cfg.min_tools, cfg.max_tools))
     if not walk:
         return TaskResult(rejected="empty walk")
     choices = draw_choices(rng, len(walk))
@@ -127,6 +164,9 @@ def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
     question = (f"Using public sources, determine {show('question', seed_value)} and report the "
                 f"resulting figure. {rng.choice(TOPICS).capitalize()} records may be incomplete.")
     plan = build_plan(team, walk, choices, seed_value)
+    while len(plan.actions) > MAX_STEPS - 1 and len(walk) > 1:  # room for a healing check
+        walk, choices = walk[:-1], choices[:-1]
+        plan = build_plan(team, walk, choices, seed_value)
     golden = execute(plan)
     out = TaskResult()
     tid = f"sim-{team.topology}-{cfg.seed}-{seed}"
@@ -135,12 +175,15 @@ def simulate_task(seed: int, cfg: GenConfig) -> TaskResult:
                                  question, golden.final, seed))
     if not {"fatal", "healed"} & set(cfg.variants):
         return out
-    mode = draw_fault_kind(rng, cfg)
+    mode = draw_fault_kind(rng, cfg, lambda kind: bool(eligible_steps(plan, kind, team)))
     candidates = eligible_steps(plan, mode, team)
     rng.shuffle(candidates)
     if rng.random() < cfg.first_step_bias:
         firsts = first_steps(plan)
         candidates.sort(key=lambda i: i not in firsts)  # stable: still shuffled within each
+    else:  # near a position drawn uniformly over the log
+        target = rng.random() * (len(plan.actions) - 1)
+        candidates.sort(key=lambda i: abs(i - target))
     for step in candidates[:4]:
         fault = Fault(step, mode)
         run = execute(plan, fault, golden_final=golden.final)

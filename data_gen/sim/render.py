@@ -7,6 +7,7 @@ padding (screenshot descriptions, page excerpts, stack traces) so lengths vary l
 """
 from __future__ import annotations
 
+import json
 import random
 
 from data_gen.sim.engine import N_TOPICS, Fault, Plan, Run, misread, perturb
@@ -87,8 +88,9 @@ def _plan_text(rng: random.Random, team: Team, plan: Plan, run: Run, fault: Faul
     work on), the steps, and, where the plan asserts the first tool's result, that value."""
     a, fw = plan.actions[0], team.framework
     task = show("question", run.values[a.output])
+    delegated = [y for y in plan.actions if y.op == "instruct"]
     steps = [f"{n + 1}. {VERB[x.tool.name].capitalize()} {x.tool.consumes[0]}"
-             for n, x in enumerate(y for y in plan.actions if y.op == "instruct")]
+             for n, x in enumerate(delegated or [y for y in plan.actions if y.op == "call"])]
     if fault is not None and fault.step == 0 and fault.mode == "plan_asserts_value":
         first = plan.actions[a.call]
         kind = first.tool.produces.replace("_", " ")
@@ -106,11 +108,32 @@ def _plan_text(rng: random.Random, team: Team, plan: Plan, run: Run, fault: Faul
                 + f"\n\nHere is the initial fact sheet:\n\n1. GIVEN OR VERIFIED FACTS\n"
                 f"   - The request concerns {task}.\n\n" + "\n".join(steps))
     if fw == "metagpt":
-        return (f"[Team Leader] ## Task breakdown for: {question_text}\nGoal: determine {task}.\n"
+        return (f"[{team.coordinator}] ## Task breakdown for: {question_text}\nGoal: determine {task}.\n"
                 + "\n".join(steps))
     return (f"# Task\n{question_text}\n\n## Task description\nDetermine {task} and report the "
             f"resulting figure.\n\n## {head}\n" + "\n".join(steps)
             + "\n\n## Constraints\n- Use verified sources.\n- Report the final value.")
+
+
+def result_text(rng: random.Random, style: str, tool: str, out: str, err: str | None) -> str:
+    """A tool's output (or its error) as one of RESULT_STYLES writes it; `history` is written
+    as plain text here, the caller puts the transcript in front."""
+    if style == "exitcode":
+        if err:
+            return (f"exitcode: 1 (execution failed)\nCode output: Traceback (most recent call "
+                    f"last):\n  File \"main.py\", line {rng.randint(3, 40)}, in <module>\n{err}")
+        return f"exitcode: 0 (execution succeeded)\nCode output: {out}"
+    if style == "observation":
+        return f"Observation: {err or out}"
+    if style == "json":
+        key = rng.choice(("output", "result", "content", "data"))
+        body = {"error": err} if err else {key: out}
+        if rng.random() < 0.5:
+            body = {"tool": tool, "status": "error" if err else "ok", **body}
+        return json.dumps(body)
+    if style == "tagged":
+        return f"<tool_response name=\"{tool}\">\n{err or out}\n</tool_response>"
+    return f"Error: {err}" if err else out  # plain, history
 
 
 def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
@@ -175,6 +198,12 @@ def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
                     f"result = {a.tool.name}(values)\nprint(result)\n```")
         elif fw == "crewai":
             body = f"Thought: I need to {VERB[a.tool.name]} it.\nAction: {a.tool.name}\nAction Input: {{\"input\": \"{args[0]}\"}}"
+        elif fw == "single-agent" and a.tool.skill != "web":
+            body = rng.choice((
+                f"I will {VERB[a.tool.name]} {args[0]}.",
+                json.dumps({"name": a.tool.name, "arguments": {"input": args[0]}}),
+                f"Thought: I should {VERB[a.tool.name]} {args[0]}.\nAction: {a.tool.name}\n"
+                f"Action Input: {json.dumps({'input': args[0]})}"))
         elif a.tool.skill == "web":
             body = rng.choice((f"I typed {args[0]} into the browser search bar.",
                                f"I navigated to {args[0]}.", f"I clicked on {args[0]}."))
@@ -187,18 +216,14 @@ def render_step(rng: random.Random, team: Team, plan: Plan, run: Run, i: int,
         return (pre + body + f"\n\nResult ({status}): {out}"), tool
     if a.op == "result":
         out = show(a.tool.produces, run.values[a.output])
+        err = None
         if run.status[i] == "error":
             err = rng.choice(("TimeoutError: the request took longer than 60 seconds",
                               "HTTPError: 503 Service Unavailable",
                               "ConnectionResetError: [Errno 104] Connection reset by peer"))
-            text = (f"exitcode: 1 (execution failed)\nCode output: Traceback (most recent call "
-                    f"last):\n  File \"main.py\", line {rng.randint(3, 40)}, in <module>\n{err}")
-            return (text if fw != "crewai" else f"Observation: {err}"), {"name": a.tool.name,
-                                                                         "status": "error"}
-        text = f"exitcode: 0 (execution succeeded)\nCode output: {out}"
-        if fw == "crewai":
-            text = f"Observation: {out}"
-        return text, {"name": a.tool.name, "status": "ok"}
+        status = "error" if err else "ok"
+        return result_text(rng, team.result_style, a.tool.name, out, err), {"name": a.tool.name,
+                                                                           "status": status}
     if a.op == "handoff":
         out = show(a.tool.produces, run.values[a.output])
         if run.status[i] == "withheld":
