@@ -110,12 +110,14 @@ def step_evidence(trace: Trace) -> np.ndarray:
     own: dict[str, list[int]] = {}
     for s in steps:
         own.setdefault(s.agent, []).append(s.index)
+    # each step's position among its author's steps, looked up once (a log of any length)
+    position = {i: k for mine in own.values() for k, i in enumerate(mine)}
     last_addressed: dict[str, int] = {}
     errors = [has_error(s) for s in steps]
     vals = [answer_values(s.content) for s in steps]
     for s in steps:
         mine = own[s.agent]
-        i = mine.index(s.index)
+        i = position[s.index]
         col["own_index_log"][s.index] = np.log1p(i)
         col["own_first"][s.index] = float(i == 0)
         col["own_last"][s.index] = float(i == len(mine) - 1)
@@ -163,7 +165,8 @@ def _contradictions(trace: Trace, vals: list[set[str]], col: dict[str, np.ndarra
     for s in trace.steps:
         if not _CORRECTION.search(s.content):
             continue
-        for earlier in reversed(trace.steps[:s.index]):  # the latest step it repeats
+        for j in range(s.index - 1, -1, -1):  # the latest step it repeats (no copy of the log)
+            earlier = trace.steps[j]
             if earlier.agent != s.agent and vals[earlier.index] & vals[s.index]:
                 col["corrected_later"][earlier.index] = 1.0
                 break
