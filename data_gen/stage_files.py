@@ -91,18 +91,28 @@ def read_stage_rows(path: str | Path, schema: str) -> dict[str, dict]:
     return rows
 
 
-def coarse_choice(candidates: dict) -> tuple[str, int, float]:
-    """The candidate (agent, one of its steps) with the highest product of agent and step
-    scores, and that product as the confidence. The step is always the agent's own, so the pair
-    is a coherent answer; a much likelier step of the second agent can win over the top agent's
-    best step (measured by cross-validation on the development logs: docs/coarse_stage.md)."""
-    best = max(((float(a["score"]) * float(s["score"]), -i, -j, a["agent"], int(s["step"]))
-                for i, a in enumerate(candidates["agents"]) for j, s in enumerate(a["steps"])),
-               default=None)
-    if best is None:
+# The back-off of the step choice to the agent's first step: taken when the model gives that
+# step at least this share of its likeliest step's score. Chosen by leave-one-framework-out on
+# the development logs (docs/coarse_stage.md, "Choosing agent and step"): out of its training
+# frameworks the model's step evidence is weak, and the first step is the position that carries.
+FIRST_STEP_RATIO = 0.25
+
+
+def coarse_choice(candidates: dict, first_step_ratio: float = FIRST_STEP_RATIO
+                  ) -> tuple[str, int, float]:
+    """The likeliest agent (the first listed among equals), and among its steps the likeliest,
+    or its first step when that scores at least `first_step_ratio` of the likeliest; the
+    confidence is the agent's score times the chosen step's. Choosing the agent by the product
+    of agent and step scores instead lets a sharply peaked step of a less likely agent win,
+    which loses agents out of the training frameworks (docs/coarse_stage.md)."""
+    agents = [a for a in candidates.get("agents", []) if a.get("steps")]
+    if not agents:
         raise ValueError(f"candidates of {candidates.get('trace_id')!r} name no step")
-    conf, _, _, agent, step = best
-    return agent, step, conf
+    best = max(agents, key=lambda a: float(a["score"]))  # max keeps the first of equals
+    top = max(best["steps"], key=lambda s: float(s["score"]))
+    first = min(best["steps"], key=lambda s: int(s["step"]))
+    chosen = first if float(first["score"]) >= first_step_ratio * float(top["score"]) else top
+    return best["agent"], int(chosen["step"]), float(best["score"]) * float(chosen["score"])
 
 
 SINGLE_AGENT = "single agent: only the step is in question"

@@ -48,6 +48,30 @@ def test_strict_scoring_counts_every_labelled_trace():
                     )["overall"]["o"]["agent_acc"] == 0.0
 
 
+def test_the_coarse_verdict_takes_the_likeliest_agent_and_backs_off_to_its_first_step():
+    from data_gen.stage_files import FIRST_STEP_RATIO, coarse_choice
+
+    def cands(*agents):
+        return {"trace_id": "t", "agents": [{"agent": a, "score": p, "steps": [
+            {"step": s, "score": q} for s, q in steps]} for a, p, steps in agents]}
+    # a sharply peaked step of the less likely agent does not take the verdict
+    assert coarse_choice(cands(("A", 0.6, [(5, 0.3), (2, 0.3)]), ("B", 0.4, [(3, 0.9)]))
+                         )[:2] == ("A", 2)
+    # the first step when it scores at least FIRST_STEP_RATIO of the likeliest step ...
+    at = FIRST_STEP_RATIO * 0.8
+    assert coarse_choice(cands(("A", 1.0, [(7, 0.8), (1, at)])))[:2] == ("A", 1)
+    # ... the likeliest step when it does not
+    agent, step, conf = coarse_choice(cands(("A", 1.0, [(7, 0.8), (1, at * 0.9)])))
+    assert (agent, step) == ("A", 7) and conf == pytest.approx(0.8)
+    assert coarse_choice(cands(("A", 1.0, [(7, 0.8), (1, 0.1)])), first_step_ratio=0.0
+                         )[:2] == ("A", 1)
+    # equal agents: the first listed; an agent without steps is never named
+    assert coarse_choice(cands(("A", 0.5, [(0, 1.0)]), ("B", 0.5, [(1, 1.0)])))[0] == "A"
+    assert coarse_choice(cands(("A", 0.9, []), ("B", 0.1, [(1, 1.0)])))[:2] == ("B", 1)
+    with pytest.raises(ValueError, match="name no step"):
+        coarse_choice(cands(("A", 0.9, [])))
+
+
 def test_threshold_gives_coverage_and_selective_accuracy():
     verdicts = {"a": _v("a", "X", 2, 0.9), "b": _v("b", "Y", 1, 0.8), "c": _v("c", "P", 0, 0.3),
                 "d": _v("d", "X", 0, 0.2)}
