@@ -256,7 +256,8 @@ def test_astra_run_fits_uses_and_refuses_gates(sim, random_endpoint, tmp_path, c
         "ASTRA-JAX coarse only"))
     assert list(rep["overall"])[0] == f"ASTRA-JAX gated coarse→fine ({name})"
     assert abs(gated["agent_acc"] - coarse["agent_acc"]) <= 2 / 60
-    assert fine["agent_acc"] < coarse["agent_acc"] and fine["changed"] > 0.5
+    # a random step is rarely the decisive one (its agent often is: some teams have one agent)
+    assert fine["step_acc"] < coarse["step_acc"] - 0.15 and fine["changed"] > 0.5
     assert gated["changed"] <= 2 / 60 and coarse["changed"] is None  # the reference
     assert fine["changed_n"] == round(fine["changed"] * 60) and \
         fine["changed_right"] < fine["changed_n"] / 4  # a random change is rarely right
