@@ -103,7 +103,18 @@ def labelled_logs(traces: list[Trace]) -> list[Trace]:
 @dataclasses.dataclass(frozen=True)
 class Fold:
     name: str
-    test: tuple[int, ...]  # indices of the logs it scores; it trains on every other log
+    test: tuple[int, ...]  # indices of the logs it scores
+    train: tuple[int, ...] | None = None  # the logs it trains on; None: every other log
+
+    def train_indices(self, n_logs: int) -> list[int]:
+        """The logs this fold trains on; never one it scores."""
+        test = set(self.test)
+        if self.train is None:
+            return [j for j in range(n_logs) if j not in test]
+        if test & set(self.train):
+            raise ValueError(f"{self.name}: trains on logs it scores: "
+                             f"{sorted(test & set(self.train))}")
+        return list(self.train)
 
 
 def kfold(logs: list[Trace], k: int, seed: int) -> list[Fold]:
@@ -180,7 +191,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, folds: list[Fold], 
     out.mkdir(parents=True, exist_ok=True)
     ids = [t.trace_id for t in logs]
     split = [{"fold": i + 1, "name": f.name, "test": [ids[j] for j in f.test],
-              "train": [ids[j] for j in range(len(logs)) if j not in set(f.test)]}
+              "train": [ids[j] for j in f.train_indices(len(logs))]}
              for i, f in enumerate(folds)]
     (out / "folds.json").write_text(json.dumps(split, indent=1))
     emb, cache = make_embedder(cfg.embedder), out / "feature_cache"
@@ -189,10 +200,9 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, folds: list[Fold], 
     subset = framework_of if by_framework else None
 
     def run_fold(i: int) -> tuple[dict[str, dict], dict[str, Any]]:
-        test = set(folds[i].test)
-        train_ix = [j for j in range(len(logs)) if j not in test]
+        train_ix = folds[i].train_indices(len(logs))
         print(f"== {folds[i].name} ({i + 1}/{len(folds)}): train on {len(train_ix)} logs + "
-              f"{len(sim)} simulated traces, test on {len(test)} logs", file=sys.stderr)
+              f"{len(sim)} simulated traces, test on {len(folds[i].test)} logs", file=sys.stderr)
         run = out / f"fold-{i + 1}"
         train_members(member_specs(cfg, real_only, members, sim, sim_feats,
                                    [logs[j] for j in train_ix], [log_feats[j] for j in train_ix]),

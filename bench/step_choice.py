@@ -19,22 +19,25 @@ import numpy as np
 
 from astra_cli.table import format_table
 from astra_eval.folds import framework_of
+from astra_eval.scoring import norm
 from data_gen.readers import load_traces
-from data_gen.stage_files import FIRST_STEP_RATIO, read_stage_rows
+from data_gen.stage_files import FIRST_STEP_RATIO, coarse_choice, read_stage_rows
 from data_gen.trace import CANDIDATES_SCHEMA
 
 RATIOS = (0.0, 0.1, 0.25, 0.4, 0.6, 1.0, float("inf"))  # 0: always the first step; inf: never
 
 
 def choose(cands: dict, agent_rule: str, ratio: float) -> tuple[str, int]:
+    """The shipped choice (`coarse_choice`) at another ratio, or its product-rule rival."""
+    if agent_rule == "likeliest agent":
+        agent, step, _ = coarse_choice(cands, ratio)
+        return agent, step
+
     def step_of(a):
         top = max(a["steps"], key=lambda s: s["score"])
         first = min(a["steps"], key=lambda s: s["step"])
         return first if first["score"] >= ratio * top["score"] else top
     agents = [a for a in cands["agents"] if a["steps"]]
-    if agent_rule == "likeliest agent":
-        a = max(agents, key=lambda a: a["score"])
-        return a["agent"], step_of(a)["step"]
     a, s = max(((a, step_of(a)) for a in agents), key=lambda x: x[0]["score"] * x[1]["score"])
     return a["agent"], s["step"]
 
@@ -63,8 +66,8 @@ def main() -> int:
             for sub in subsets:
                 agent, step = [], []
                 for c in cands:
-                    ok = [(a == traces[t].label.agent, a == traces[t].label.agent and
-                           s == traces[t].label.step)
+                    # scored as `astra eval` scores: agent by name, step by index
+                    ok = [(norm(a) == norm(traces[t].label.agent), s == traces[t].label.step)
                           for t, cd in c.items() if t in traces and
                           framework_of(traces[t]) == sub
                           for a, s in [choose(cd, rule, ratio)]]

@@ -206,3 +206,20 @@ def test_leave_one_framework_out_never_scores_a_framework_it_trained_on(tmp_path
     assert main(["cv", str(DEV / "1.json"), str(DEV / "2.json"), "--by-framework", "--out",
                  str(tmp_path / "one")]) == 2
     assert "needs logs of at least two frameworks" in capsys.readouterr().err
+
+
+def test_a_fold_may_train_on_a_chosen_part_of_the_other_logs(tmp_path):
+    from astra_cli.cv_command import Fold, cross_validate
+
+    logs = load_traces([DEV / f"{i}.json" for i in range(1, 9)]).traces
+    fold = Fold("learning curve point", test=(0, 1, 2), train=(3, 4))
+    assert fold.train_indices(len(logs)) == [3, 4]
+    assert Fold("all others", (0, 1)).train_indices(4) == [2, 3]
+    with pytest.raises(ValueError, match="trains on logs it scores: \\[1\\]"):
+        Fold("bad", (0, 1), (1, 5)).train_indices(8)
+    cross_validate(logs, [], dataclasses.replace(TINY, epochs=1), [fold], 1, tmp_path / "cv",
+                   progress=False)
+    trained = json.loads((tmp_path / "cv" / "fold-1" / "data.json").read_text())["train"]
+    assert set(trained) == {logs[3].trace_id, logs[4].trace_id}
+    split = json.loads((tmp_path / "cv" / "folds.json").read_text())[0]
+    assert split["train"] == [logs[3].trace_id, logs[4].trace_id]
