@@ -20,9 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
-# the coarse model the package ships: the demo's recipe (simulated pre-training, 5-fold
-# cross-validation and fine-tuning on the development logs) with an ensemble of three,
-# written with its evaluation
+# the coarse model the package ships: the demo's recipe (simulated pre-training,
+# leave-one-framework-out cross-validation and fine-tuning on every real log in data/) with an
+# ensemble of three, written with its evaluation
 model: $(STAMP)
 	$(BIN)/astra demo --coarse-only --members 3 --out runs/model \
 	    --export astra_jax/models/default.msgpack
@@ -35,3 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/evidence_ablation.py
 	$(BIN)/python bench/leave_one_framework_out.py
 	$(BIN)/python bench/prompt_tokens.py
+	$(BIN)/python bench/step_choice.py runs/model/cv  # after `make model`
