@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/coarse_speed.py
 	$(BIN)/python bench/featurise_speed.py
 	$(BIN)/python bench/whole_job.py
+	$(BIN)/python bench/long_logs.py
 	$(BIN)/python bench/evidence_ablation.py
 	$(BIN)/python bench/leave_one_framework_out.py
 	$(BIN)/python bench/prompt_tokens.py

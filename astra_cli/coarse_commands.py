@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from astra_cli.data_commands import add_labels_arg, positive_int, share, with_labels
+from astra_cli.size_guard import add_max_steps_arg, refusal, step_limit
 from astra_cli.table import format_table
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import SINGLE_AGENT
@@ -69,6 +70,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "shipped model)")
     a.add_argument("--top-k", type=int, default=3)
     add_mark_args(a)
+    add_max_steps_arg(a)
     a.set_defaults(func=cmd_attribute, compiles=True)
 
     x = sub.add_parser("export", help="write a trained run or ensemble as one model file "
@@ -272,6 +274,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if not traces:
         return 1
     t = traces[0]
+    too_long = refusal(t, step_limit(args.max_steps))
+    if too_long:
+        print(f"error: {too_long}", file=sys.stderr)
+        return 2
     c = predict_traces(args.run, [t], args.top_k)[0]
     top = c["agents"][0]
     step = top["steps"][0]

@@ -44,7 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="below this confidence the verdict is reported as unsure")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
     from astra_cli.coarse_commands import add_mark_args
+    from astra_cli.size_guard import add_max_steps_arg
     add_mark_args(r)
+    add_max_steps_arg(r)
     r.add_argument("--gate", default="auto", metavar="auto|off|FILE",
                    help="the gate between the stages (docs/pipeline.md): auto (default) uses "
                    "OUT/astra_gate.json, else ADAPTER/astra_gate.json, when present; off: the "
@@ -241,12 +243,31 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
     return cands, verdicts, report
 
 
+def fitting_traces(traces: list[Trace], max_steps: int | None) -> list[Trace]:
+    """The traces short enough for this machine's memory (astra_cli/size_guard.py); each one
+    left out is reported on stderr with its steps, estimated memory and the limit."""
+    from astra_cli.size_guard import refusal, step_limit
+    limit = step_limit(max_steps)
+    kept = []
+    for t in traces:
+        why = refusal(t, limit)
+        if why:
+            print(f"left out, too long: {why}", file=sys.stderr)
+        else:
+            kept.append(t)
+    return kept
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from astra_cli.coarse_commands import marked_traces
     traces = marked_traces(load_labelled(args.traces, args.labels), args)
     if not traces:
         print("error: no valid traces", file=sys.stderr)
         return 1
+    traces = fitting_traces(traces, args.max_steps)
+    if not traces:
+        print("error: every trace is too long for this machine's memory", file=sys.stderr)
+        return 2
     backend = None
     if (args.model or args.llm_url) and args.start != "report":
         from llm_stage.cli import make_backend

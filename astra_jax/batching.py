@@ -5,7 +5,8 @@ agents) sizes. Training and evaluation give a whole run one size (`run_bucket`: 
 `batch_size` traces of the run's mean size) and cut each epoch's order into batches that fit it
 (`plan_batches`): one compiled program per run, and padding that is a fraction of each batch
 rather than up to half of it. Prediction, which meets one log or a few, pads each batch to a
-bucket of one ladder (512, 2048, 128) * 2**level, so that logs of many sizes share few programs.
+bucket whose nodes, edges and agents are each a rung of the ladder (512, 2048, 128) * 2**level
+or 1.5 * 2**level, so that logs of many sizes share few programs and a long log wastes little.
 """
 from __future__ import annotations
 
@@ -88,13 +89,11 @@ def exact_sizes(items: list[Featurised]) -> Sizes:
 
 
 def bucket_sizes(items: list[Featurised]) -> Sizes:
-    """The smallest bucket (nodes, edges, agents) that holds `items` plus one padding slot."""
-    n, e, a = exact_sizes(items)
-    n0, e0, a0 = SMALLEST_BUCKET
-    scale = 1
-    while n > n0 * scale or e > e0 * scale or a > a0 * scale:
-        scale *= 2
-    return n0 * scale, e0 * scale, a0 * scale
+    """The smallest bucket (nodes, edges, agents) that holds `items` plus one padding slot:
+    each dimension on its own rung of the ladder (`ladder_level`), so a long log with ten edges
+    per node pads neither its nodes nor its agents to its edges' rung, and wastes under a third
+    of any dimension."""
+    return tuple(ladder_level(x, base) for x, base in zip(exact_sizes(items), SMALLEST_BUCKET))
 
 
 def feature_dims(f: Featurised) -> tuple[int, int]:

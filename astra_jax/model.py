@@ -87,6 +87,16 @@ class MicroStateEncoder(nn.Module):
         return nn.LayerNorm()(gate * t + (1 - gate) * m)
 
 
+EDGE_CHUNK = 16384  # edges at a time in inference's attention (astra_jax/predict.py)
+
+
+def edge_chunks(n_edges: int) -> int:
+    """In how many chunks of `EDGE_CHUNK` edges inference computes an attention over
+    `n_edges` padded edges: 1 (all at once) up to twice the chunk, or when it does not divide
+    them. A batch's per-edge [E, d_model] arrays are what a long log's memory goes to."""
+    return n_edges // EDGE_CHUNK if n_edges >= 2 * EDGE_CHUNK and not n_edges % EDGE_CHUNK else 1
+
+
 class EdgeAttention(nn.Module):
     """Multi-head attention along edges: each receiver attends over its incoming edges, keys and
     values shifted by a learned embedding of the edge type; optional RoPE on the step index."""
@@ -99,6 +109,10 @@ class EdgeAttention(nn.Module):
     def __call__(self, h, senders, receivers, edge_type, edge_mask, node_step, deterministic):
         n, hd = h.shape[0], self.d_model // self.heads
         split = lambda x: x.reshape(x.shape[0], self.heads, hd)  # noqa: E731
+        chunks = edge_chunks(senders.shape[0]) if deterministic else 1
+        if chunks > 1:
+            return _chunked_attention(self, h, senders, receivers, edge_type, edge_mask,
+                                      node_step, chunks)
         q = split(nn.Dense(self.d_model)(h))[receivers]
         type_k = nn.Embed(len(EDGE_TYPES), self.d_model)(edge_type)
         type_v = nn.Embed(len(EDGE_TYPES), self.d_model)(edge_type)
@@ -110,10 +124,50 @@ class EdgeAttention(nn.Module):
         logits = jnp.where(edge_mask[:, None] > 0, logits, -1e9)
         attn = segment_softmax(logits, receivers, n) * edge_mask[:, None]
         msg = jax.ops.segment_sum(attn[..., None] * v, receivers, n).reshape(n, self.d_model)
-        out = nn.Dropout(self.dropout)(nn.Dense(self.d_model)(msg), deterministic=deterministic)
-        h = nn.LayerNorm()(h + out)
-        ff = nn.Dense(self.d_model)(nn.gelu(nn.Dense(2 * self.d_model)(h)))
-        return nn.LayerNorm()(h + ff), attn
+        return _feed_forward(self, h, msg, deterministic), attn
+
+
+def _feed_forward(m: EdgeAttention, h, msg, deterministic):
+    """An attention block's output projection, residual, norm and MLP (inside m's __call__)."""
+    out = nn.Dropout(m.dropout)(nn.Dense(m.d_model)(msg), deterministic=deterministic)
+    h = nn.LayerNorm()(h + out)
+    ff = nn.Dense(m.d_model)(nn.gelu(nn.Dense(2 * m.d_model)(h)))
+    return nn.LayerNorm()(h + ff)
+
+
+def _chunked_attention(m: EdgeAttention, h, senders, receivers, edge_type, edge_mask, node_step,
+                       chunks):
+    """EdgeAttention (inside m's __call__) with its per-edge [E, D] arrays made `EDGE_CHUNK`
+    edges at a time, for inference: the same parameters, created in the same order, the same
+    products, and the messages summed in the same edge order."""
+    n, hd = h.shape[0], m.d_model // m.heads
+    split = lambda x: x.reshape(x.shape[0], m.heads, hd)  # noqa: E731
+    q_node = split(nn.Dense(m.d_model)(h))
+    types = jnp.arange(len(EDGE_TYPES))
+    type_k = nn.Embed(len(EDGE_TYPES), m.d_model)(types)
+    type_v = nn.Embed(len(EDGE_TYPES), m.d_model)(types)
+    k_node, v_node = nn.Dense(m.d_model)(h), nn.Dense(m.d_model)(h)
+    cut = lambda x: jnp.asarray(x).reshape(chunks, -1, *x.shape[1:])  # noqa: E731
+    parts = (cut(senders), cut(receivers), cut(edge_type))
+    node_step = jnp.asarray(node_step)
+
+    def logits_of(part):
+        s, r, t = part
+        q, k = q_node[r], split(k_node[s] + type_k[t])
+        if m.use_rope:
+            q, k = rope(q, node_step[r]), rope(k, node_step[s])
+        return (q * k).sum(-1) / jnp.sqrt(hd)
+
+    logits = jax.lax.map(logits_of, parts).reshape(-1, m.heads)  # [E, H]
+    logits = jnp.where(edge_mask[:, None] > 0, logits, -1e9)
+    attn = segment_softmax(logits, receivers, n) * edge_mask[:, None]
+
+    def add(acc, part):
+        s, r, t, a = part
+        return acc.at[r].add(a[..., None] * split(v_node[s] + type_v[t])), None
+
+    msg, _ = jax.lax.scan(add, jnp.zeros((n, m.heads, hd), h.dtype), (*parts, cut(attn)))
+    return _feed_forward(m, h, msg.reshape(n, m.d_model), True), attn
 
 
 class MoEHead(nn.Module):

@@ -33,7 +33,9 @@ def ensemble_step(model_cfg: ModelConfig) -> StoredJit:
         def one(params):
             pred = predictions(model.apply({"params": params}, b, deterministic=True), b)
             return {k: pred[k] for k in AVERAGED}
-        return jax.tree_util.tree_map(lambda x: x.mean(0), jax.vmap(one)(stacked))
+        # one member after another (not vmap): the peak memory of one member's forward pass,
+        # not of all of them at once, which on a long log is most of the process's memory
+        return jax.tree_util.tree_map(lambda x: x.mean(0), jax.lax.map(one, stacked))
 
     return StoredJit(step, f"predict {model_cfg!r} "
                            f"{source_digest('astra_jax.predict', *PROGRAM_SOURCES)}")
@@ -59,7 +61,7 @@ def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list
             agents = []
             for a in order:
                 local = a - agent_offset
-                steps = [s for s in range(len(t.steps)) if g.step_agent[s] == local]
+                steps = np.flatnonzero(g.step_agent[:len(t.steps)] == local)
                 nodes = node_offset + g.step_node[steps]
                 ranked = sorted(zip(steps, pred["step_p"][nodes].tolist()), key=lambda x: -x[1])
                 agents.append({"agent": g.agents[local], "score": float(pred["agent_p"][a]),

@@ -110,7 +110,8 @@ def test_packing_pads_to_buckets_and_keeps_targets():
     feats = featurise(traces, HashingEmbedder())
     b = pack_batch(feats, [labels_of(t) for t in traces], batch_size=8)
     n = b.graph.nodes["type"].shape[0]
-    assert n & (n - 1) == 0 and b.graph.n_node.sum() == n  # a power of two, all nodes owned
+    # a rung of the ladder (512 * 2**k or 1.5 times it), all nodes owned
+    assert n == ladder_level(n, 512) and b.graph.n_node.sum() == n
     assert b.graph_mask.sum() == 5 and b.label_mask.sum() == 5
     offset = 0
     for gi, (t, f) in enumerate(zip(traces, feats)):
