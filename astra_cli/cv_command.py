@@ -47,8 +47,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, required=True, help="directory (resumes if present)")
     c.add_argument("--sim", nargs="+", type=Path, default=[],
                    help="simulated traces every fold also trains on")
-    c.add_argument("--init", type=Path, help="a trained run or ensemble each fold starts from "
-                   "(it must never have seen these logs)")
+    c.add_argument("--init", type=Path, help="a trained run, ensemble or model file each fold "
+                   "starts from (it must never have seen these logs)")
     c.add_argument("--members", type=positive_int, default=1)
     c.add_argument("--epochs", type=positive_int, default=8)
     c.add_argument("--real-only-epochs", type=int, default=0, metavar="E",

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from astra_cli import coarse_commands, cv_command, data_commands, demo, pipeline_commands
+from astra_cli import (adapt_command, coarse_commands, cv_command, data_commands, demo,
+                       pipeline_commands)
 from astra_jax import RunDirError
 from data_gen.labels import LabelsError
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     coarse_commands.add_commands(sub)
     pipeline_commands.add_commands(sub)
     cv_command.add_command(sub)
+    adapt_command.add_command(sub)
     demo.add_command(sub)
     return p
 

@@ -26,6 +26,8 @@ from data_gen.evidence import EVIDENCE_COLUMNS
 
 MODEL_FORMAT = "astra.model/v1"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.msgpack"
+# the simulated pre-training (no real log) that `astra adapt` fine-tunes on a team's own logs
+PRETRAINED_MODEL = DEFAULT_MODEL.with_name("sim_pretrained.msgpack")
 DTYPES = ("float32", "float16")
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax import struct
+from flax import serialization, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -519,7 +519,7 @@ def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featuri
     total_steps = plan.total_steps
     state = init_state(cfg, sample)
     if cfg.init:
-        state = state.replace(params=init_params(Path(cfg.init), cfg, sample))
+        state = state.replace(params=init_params(cfg.init, cfg, sample))
     _, train_step, eval_step = make_steps(cfg, total_steps)
     mngr = checkpoint_manager(out_dir)
     start_epoch = 0
@@ -606,10 +606,11 @@ class MemberSpec:
 def ensemble_specs(cfg: TrainConfig, members: int, traces: list[Trace],
                    feats: list[Featurised]) -> list[MemberSpec]:
     """`members` models that differ only in their seed (cfg.seed, cfg.seed + 1, ...). With
-    `cfg.init` naming an ensemble, member i starts from its member i (cyclically)."""
+    `cfg.init` naming an ensemble or a model file, member i starts from its member i
+    (cyclically)."""
     if members < 1:
         raise ValueError(f"members must be at least 1, not {members}")
-    inits = [str(d) for d in member_dirs(Path(cfg.init))] if cfg.init else [""]
+    inits = init_members(cfg.init) if cfg.init else [""]
     return [MemberSpec(dataclasses.replace(cfg, seed=cfg.seed + i, init=inits[i % len(inits)]),
                        traces, feats) for i in range(members)]
 
@@ -730,9 +731,47 @@ def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "be
     return state.params, step
 
 
-def init_params(run_dir: Path, cfg: TrainConfig, sample: Batch):
-    """The best parameters of a trained single-model run, to fine-tune from; its model,
-    embedder and evidence must be this run's."""
+# `FILE#N` names member N of a model file as a starting point
+MEMBER_MARK = "#"
+
+
+def init_members(init: str) -> list[str]:
+    """The starting point of each member of `init`: a run's member directories, or each
+    member of a model file as `FILE#N`."""
+    path = Path(init)
+    if path.is_file():
+        from astra_jax.export import read_header
+        return [f"{path}{MEMBER_MARK}{i}" for i in range(read_header(path)[0]["members"])]
+    return [str(d) for d in member_dirs(path)]
+
+
+def model_file_member(init: str) -> tuple[Path, int] | None:
+    """(file, member) when `init` is `FILE#N` with FILE a file, else None."""
+    head, sep, tail = init.rpartition(MEMBER_MARK)
+    if sep and tail.isdigit() and Path(head).is_file():
+        return Path(head), int(tail)
+    return None
+
+
+def init_params(init: str, cfg: TrainConfig, sample: Batch):
+    """The parameters to fine-tune from: the best of a trained single-model run, or one member
+    of a model file (`FILE#N`, a model file alone means its first); their model, embedder and
+    evidence must be this run's."""
+    if Path(init).is_file():
+        init = f"{init}{MEMBER_MARK}0"
+    member = model_file_member(init)
+    if member is not None:
+        from astra_jax.export import load_model
+        base, members, _ = load_model(member[0])
+        if not same_parameters(base, cfg):
+            raise RunDirError(f"{member[0]}: its model, embedder or evidence differ from this "
+                              f"run's; fine-tuning needs the same")
+        if member[1] >= len(members):
+            raise RunDirError(f"{member[0]}: has {len(members)} members, no member {member[1]}")
+        like = abstract_state(cfg, sample).params
+        return jax.tree_util.tree_map(jnp.asarray, serialization.from_state_dict(
+            like, members[member[1]]))
+    run_dir = Path(init)
     if not (run_dir / "config.json").exists():
         raise RunDirError(f"{run_dir}: no trained model to start from (no config.json); give a "
                           f"single run, or an ensemble member's directory")

@@ -8,7 +8,8 @@ from flax import serialization
 
 from astra_cli.coarse_commands import predict_traces
 from astra_cli.main import main
-from astra_jax.export import DEFAULT_MODEL, compatibility, load_model, read_header
+from astra_jax.export import (DEFAULT_MODEL, PRETRAINED_MODEL, compatibility, load_model,
+                              read_header)
 from astra_jax.features import HashingEmbedder, featurise
 from astra_jax.train import train_ensemble
 from data_gen.readers import load_traces
@@ -94,6 +95,17 @@ def test_the_shipped_model_loads_and_attributes_without_a_run(capsys):
     assert main(["attribute", str(DEV / "12.json")]) == 0
     out = capsys.readouterr().out
     assert "who:" in out and "when: step" in out
+
+
+def test_the_shipped_pretraining_has_seen_no_real_log():
+    """`astra adapt` starts from it, so cross-validation on any real logs stays honest."""
+    cfg, members, header = load_model(PRETRAINED_MODEL)
+    assert all(header[k] == v for k, v in compatibility(cfg).items())
+    assert header["members"] == len(members) == 1 and header["command"] == "make pretrained"
+    ids = [i for m in header["training"] for i in m["train_ids"]]
+    real = {t.trace_id for t in load_traces(DEV.parent).traces}
+    assert len(ids) > 1000 and not set(ids) & real
+    assert all(m["init"] == "" for m in header["training"])
 
 
 def test_the_recipe_is_reproducible(tmp_path):
