@@ -1,4 +1,4 @@
-"""Losses, jitted train/eval steps, and the training loop with orbax checkpoints.
+"""The jitted train and eval steps and the training loop.
 
 The loop is the only place with side effects: it shuffles with a seeded generator, packs batches,
 calls the jitted steps, writes `metrics.jsonl` and checkpoints (latest and best) with orbax. A run
@@ -13,75 +13,27 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from astra_jax import RunDirError
-from astra_jax.batching import (SMALLEST_BUCKET, Batch, Sizes, feature_dims, is_real, labels_of,
-                                pack_batch, pack_shards, plan_batches, run_bucket,
-                                trace_sizes)
-from astra_jax.compilation import (CompileStats, StoredJit, compile_stats, shared_programs,
-                                   source_digest, track_compiles)
+from astra_jax.batch_plans import plan_run
+from astra_jax.batching import Batch, labels_of, pack_batch
+from astra_jax.checkpoints import checkpoint_manager, init_params, packed_state, restore_state
+from astra_jax.compilation import (PROGRAM_SOURCES, CompileStats, StoredJit, compile_stats,
+                                   shared_programs, source_digest, track_compiles)
+from astra_jax.configs import LOSS_SETTINGS, OPTIMISER_SETTINGS, TrainConfig, program_settings
+from astra_jax.evaluation import evaluate
 from astra_jax.features import Featurised
-from astra_jax.initialise import host_params
-from astra_jax.model import (AstraMoE, ModelConfig, Outputs, architecture,
-                             segment_log_softmax)
+from astra_jax.losses import loss_terms, losses, predictions, reduce_terms, total_loss
+from astra_jax.run_dirs import best_record, is_better, keep_log_until
+from astra_jax.sharding import data_mesh, replicated, resolve_shards, sharded_batches
+from astra_jax.state import State, init_state, learning_rate, model_and_tx, schedule_args
 from data_gen.trace import Trace
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: ModelConfig = ModelConfig()
-    epochs: int = 8
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    clip_norm: float = 1.0
-    seed: int = 0
-    w_step: float = 1.0
-    w_agent: float = 1.0
-    w_mode: float = 0.3
-    w_fail: float = 0.3
-    w_balance: float = 0.01
-    w_evidence: float = 0.01
-    embedder: str = "hashing"
-    shards: int = 0  # data-parallel sub-batches per global batch; 0: one per device
-    real_weight: float = 0.5  # share of each epoch's traces that are real logs, when mixed
-    drop_evidence: str = ""  # comma-separated evidence groups left out (ablations)
-    init: str = ""  # a trained run to start from (fine-tuning); its model config must match
-
-    def __post_init__(self) -> None:
-        # a share of 0 or 1 would silently mean "no mixing": say so at the boundary instead
-        if not 0 < self.real_weight < 1:
-            raise ValueError(f"real_weight is the real logs' share of an epoch, strictly between "
-                             f"0 and 1, not {self.real_weight}")
-
-    @property
-    def dropped(self) -> tuple[str, ...]:
-        return tuple(g.strip() for g in self.drop_evidence.split(",") if g.strip())
-
-
-@struct.dataclass
-class State:
-    """What training carries from step to step. The optimiser itself is not in it (the steps
-    close over it), so the state's structure pickles and its compiled steps can be stored."""
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array
 
 
 # without validation data the last epoch is the one kept, so a checkpoint only has to bound the
@@ -90,65 +42,6 @@ class State:
 # saved, since any may be the best.
 SAVE_EVERY_S = 30.0
 COMPILES = {"train": 0, "eval": 0}  # traces of the steps, incremented at trace time
-
-
-def loss_terms(out: Outputs, b: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """Each loss as (sum, count), so that shards of a data-parallel batch add up to exactly the
-    loss of the whole batch."""
-    G = b.graph_mask.shape[0]
-    lm = b.label_mask
-    step_lp = segment_log_softmax(out.step_logit, b.node_graph, G)
-    agent_lp = segment_log_softmax(out.agent_logit, b.agent_graph, G)
-    mode_ce = optax.softmax_cross_entropy_with_integer_labels(out.mode_logit, b.mode)
-    fail_bce = optax.sigmoid_binary_cross_entropy(out.fail_logit, b.failed)
-    labelled_node = lm[b.node_graph] * b.step_mask
-    wrong = labelled_node.at[b.target_node].multiply(1.0 - lm)
-    return {"step_ce": (-(step_lp[b.target_node] * lm).sum(), lm.sum()),
-            "agent_ce": (-(agent_lp[b.target_agent] * lm).sum(), lm.sum()),
-            "mode_ce": ((mode_ce * b.mode_mask).sum(), b.mode_mask.sum()),
-            "fail_bce": ((fail_bce * b.graph_mask).sum(), b.graph_mask.sum()),
-            "balance": (out.balance_loss, jnp.ones(())),
-            "evidence": ((out.evidence * wrong).sum(), wrong.sum())}
-
-
-def reduce_terms(terms: dict[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
-    return {k: num.sum() / jnp.maximum(den.sum(), 1.0) for k, (num, den) in terms.items()}
-
-
-def losses(out: Outputs, b: Batch) -> dict[str, jax.Array]:
-    return reduce_terms(loss_terms(out, b))
-
-
-def total_loss(parts: dict[str, jax.Array], cfg: TrainConfig) -> jax.Array:
-    return (cfg.w_step * parts["step_ce"] + cfg.w_agent * parts["agent_ce"]
-            + cfg.w_mode * parts["mode_ce"] + cfg.w_fail * parts["fail_bce"]
-            + cfg.w_balance * parts["balance"] + cfg.w_evidence * parts["evidence"])
-
-
-def predictions(out: Outputs, b: Batch) -> dict[str, jax.Array]:
-    """Per graph: predicted step node, agent, their probabilities, uncertainty."""
-    G = b.graph_mask.shape[0]
-    step_p = jnp.exp(segment_log_softmax(out.step_logit, b.node_graph, G))
-    agent_p = jnp.exp(segment_log_softmax(out.agent_logit, b.agent_graph, G))
-    idx_n = jnp.arange(step_p.shape[0])
-    best_node = jax.ops.segment_max(jnp.where(b.step_mask > 0, out.step_logit, -1e9), b.node_graph,
-                                    G)
-    is_best = (out.step_logit == best_node[b.node_graph]) & (b.step_mask > 0)
-    pred_node = jax.ops.segment_min(jnp.where(is_best, idx_n, 1 << 30), b.node_graph, G)
-    best_agent = jax.ops.segment_max(out.agent_logit, b.agent_graph, G)
-    idx_a = jnp.arange(agent_p.shape[0])
-    pred_agent = jax.ops.segment_min(
-        jnp.where(out.agent_logit == best_agent[b.agent_graph], idx_a, 1 << 30), b.agent_graph, G)
-    alpha_sum = jax.ops.segment_sum(out.evidence + b.step_mask, b.node_graph, G)
-    n_steps = jax.ops.segment_sum(b.step_mask, b.node_graph, G)
-    return {"pred_node": pred_node, "pred_agent": pred_agent, "step_p": step_p,
-            "agent_p": agent_p, "fail_p": jax.nn.sigmoid(out.fail_logit),
-            "uncertainty": n_steps / jnp.maximum(alpha_sum, 1.0)}
-
-
-# the code a stored train or eval program runs: a change to any of it compiles afresh
-PROGRAM_SOURCES = ("astra_jax.train", "astra_jax.model", "astra_jax.batching", "data_gen.dhcg",
-                   "data_gen.trace")
 
 
 def make_steps(cfg: TrainConfig, total_steps: int):
@@ -161,46 +54,6 @@ def make_steps(cfg: TrainConfig, total_steps: int):
     return model, lambda state, b: train_step(state, b, schedule), eval_step
 
 
-# settings that never enter the compiled steps: they act on the host, through the shapes, or
-# through the schedule's arguments
-HOST_SETTINGS = ("seed", "init", "epochs", "real_weight", "embedder", "drop_evidence",
-                 "batch_size", "shards", "lr", "warmup_steps")
-OPTIMISER_SETTINGS = ("weight_decay", "clip_norm")  # the update only
-LOSS_SETTINGS = ("w_step", "w_agent", "w_mode", "w_fail", "w_balance", "w_evidence")
-
-
-def program_settings(cfg: TrainConfig, ignored: tuple[str, ...] = HOST_SETTINGS) -> TrainConfig:
-    """`cfg` with the `ignored` settings at their defaults, so that runs differing only in
-    them share their programs."""
-    d = TrainConfig()
-    return dataclasses.replace(cfg, **{f: getattr(d, f) for f in ignored})
-
-
-def schedule_args(cfg: TrainConfig, total_steps: int) -> np.ndarray:
-    """The learning-rate schedule of a run of `total_steps` as the train step's argument: peak
-    rate, warm-up steps (at most half the run), cosine decay steps after it, and the decay's
-    floor as a fraction of the peak (one twentieth) and one minus it."""
-    warmup = min(cfg.warmup_steps, total_steps // 2)
-    # end over peak and one minus that in double precision, as optax computes them: not
-    # exactly 0.05 and 0.95 once rounded to float32, and the rate must be optax's to the bit
-    alpha = cfg.lr * 0.05 / cfg.lr if cfg.lr else 0.0
-    return np.array([cfg.lr, warmup, max(total_steps, 2) - warmup, alpha, 1 - alpha], np.float32)
-
-
-def learning_rate(schedule: jax.Array, count: jax.Array) -> jax.Array:
-    """`optax.warmup_cosine_decay_schedule(0, lr, warmup, total, end_value=lr / 20)` at `count`,
-    its settings read from `schedule` (`schedule_args`) rather than compiled into the program.
-    The same operations in the same order, divisions written as XLA compiles optax's divisions
-    by constants (times the reciprocal), so the same rate to the bit and the same training."""
-    lr, warmup, decay, alpha, rest = (schedule[i] for i in range(5))
-    steps = warmup.astype(jnp.int32)
-    frac = 1 - jnp.clip(count, 0, steps) * (1 / jnp.maximum(warmup, 1.0))
-    warm = -lr * frac + lr
-    t = jnp.minimum(count - steps, decay)
-    cosine = lr * (rest * (0.5 * (1 + jnp.cos(jnp.pi * t * (1 / decay)))) ** 1.0 + alpha)
-    return jnp.where(count < steps, warm, cosine)
-
-
 def _program_key(cfg: TrainConfig) -> str:
     return f"{cfg!r} {source_digest(*PROGRAM_SOURCES)}"
 
@@ -211,7 +64,7 @@ def _make_steps(cfg: TrainConfig):
     optimiser's update, compiled once per model (its arguments are the parameters' shapes,
     whatever the batch). Fused, each batch shape compiled the update again: a third of a train
     step's compile on a CPU (docs/coarse_stage.md)."""
-    model, tx = _model_and_tx(cfg.model, cfg.clip_norm, cfg.weight_decay)
+    model, tx = model_and_tx(cfg.model, cfg.clip_norm, cfg.weight_decay)
 
     def grad_step(params, rng: jax.Array, b: Batch):
         """`b` is a stack of shards (leading axis); under a data mesh each device runs its own."""
@@ -260,243 +113,6 @@ def _make_steps(cfg: TrainConfig):
 
     return model, train_step, StoredJit(
         eval_step, f"eval {_program_key(program_settings(cfg, OPTIMISER_SETTINGS))}")
-
-
-@lru_cache(maxsize=8)
-def _model_and_tx(model_cfg: ModelConfig, clip_norm: float, weight_decay: float):
-    """One model and optimiser object per setting. The optimiser is AdamW at a unit rate (a
-    schedule of ones, so its state counts steps as a scheduled one does); the train step scales
-    its updates by `learning_rate`."""
-    tx = optax.chain(optax.clip_by_global_norm(clip_norm),
-                     optax.adamw(lambda count: 1.0, weight_decay=weight_decay))
-    return AstraMoE(model_cfg), tx
-
-
-def _abstract_init(cfg: TrainConfig, sample: Batch):
-    """The initial state's function and its arguments. Parameters depend on the feature widths
-    only, so it gets the smallest bucket."""
-    model, tx = _model_and_tx(cfg.model, 1.0, 1.0)  # nominal: the initial state ignores them
-    dims = sample.graph.nodes["text"].shape[-1], sample.graph.nodes["meta"].shape[-1]
-
-    def init(seed: jax.Array, sample: Batch) -> State:
-        rng = jax.random.PRNGKey(seed)
-        params = model.init({"params": rng, "dropout": rng, "router": rng}, sample)["params"]
-        return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=jax.random.PRNGKey(seed + 1))
-
-    return init, np.int32(cfg.seed), pack_batch([], [], 1, SMALLEST_BUCKET, dims)
-
-
-def abstract_state(cfg: TrainConfig, sample: Batch) -> State:
-    """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
-    init, seed, empty = _abstract_init(cfg, sample)
-    return jax.eval_shape(init, seed, empty)
-
-
-def init_state(cfg: TrainConfig, sample: Batch) -> State:
-    """The train state at step 0, built on the host: parameters drawn by Flax's initialisers'
-    rules with NumPy (`astra_jax.initialise`), the optimiser's moments and counts at zero.
-    Compiling `model.init` instead would cost seconds of XLA per model (docs/coarse_stage.md)."""
-    shapes = abstract_state(cfg, sample)
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.opt_state)
-    return State(step=np.zeros((), np.int32), params=host_params(shapes.params, cfg.seed),
-                 opt_state=zeros, rng=np.asarray(jax.random.PRNGKey(cfg.seed + 1)))
-
-
-def eval_batches(items: list[Featurised], labels: list, batch_size: int
-                 ) -> Iterator[tuple[Batch, list[int]]]:
-    """`items` in order, in batches of one size (`run_bucket`): evaluation runs the same set
-    every epoch, so one compiled program serves the run."""
-    each = trace_sizes(items)
-    sizes = run_bucket(each, batch_size)
-    for ix in plan_batches(each, np.arange(len(items)), batch_size, sizes):
-        yield pack_batch([items[j] for j in ix], [labels[j] for j in ix], batch_size, sizes), ix
-
-
-def data_mesh() -> Mesh:
-    """One mesh axis, "data", over every device of every process."""
-    return Mesh(np.array(jax.devices()), ("data",))
-
-
-def resolve_shards(cfg: TrainConfig, mesh: Mesh) -> int:
-    shards = cfg.shards or mesh.size
-    if shards % mesh.size or shards % jax.process_count():
-        raise ValueError(f"{shards} shards cannot be split over {mesh.size} devices in "
-                         f"{jax.process_count()} processes; use a multiple of {mesh.size}")
-    return shards
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Every epoch's global batches, each a list of `shards` sub-batches of trace indices (the
-    last may have fewer), all of one size: a run compiles one train program, and the learning
-    rate schedule knows the run's length before it starts."""
-    sizes: Sizes
-    per_shard: int
-    epochs: list[list[list[list[int]]]]
-
-    @property
-    def total_steps(self) -> int:
-        return sum(len(e) for e in self.epochs)
-
-
-def plan_run(items: list[Featurised], traces: list[Trace], cfg: TrainConfig, shards: int
-             ) -> BatchPlan:
-    """Each epoch's order (`epoch_order`) cut into sub-batches of at most batch_size / shards
-    traces that fit the run's one size, `shards` of them to a global batch."""
-    if cfg.batch_size % shards:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {shards} shards")
-    per = cfg.batch_size // shards
-    each = trace_sizes(items)
-    sizes = run_bucket(each, per)
-    epochs = []
-    for epoch in range(cfg.epochs):
-        parts = plan_batches(each, epoch_order(traces, cfg, epoch), per, sizes)
-        epochs.append([parts[i:i + shards] for i in range(0, len(parts), shards)])
-    return BatchPlan(sizes, per, epochs)
-
-
-def sharded_batches(items: list[Featurised], labels: list, plan: BatchPlan, epoch: int,
-                    mesh: Mesh, shards: int) -> Iterator[Batch]:
-    """An epoch's global batches laid out over the mesh: each process packs only its own
-    shards and `make_array_from_process_local_data` assembles the global array (one process:
-    all)."""
-    per_proc = shards // jax.process_count()
-    local = range(jax.process_index() * per_proc, (jax.process_index() + 1) * per_proc)
-    dims = feature_dims(items[0])
-    spec = NamedSharding(mesh, P("data"))
-    for parts in plan.epochs[epoch]:
-        b = pack_shards([[items[j] for j in ix] for ix in parts],
-                        [[labels[j] for j in ix] for ix in parts], plan.per_shard, shards,
-                        plan.sizes, dims, local)
-        yield jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(spec, x), b)
-
-
-def replicated(tree, mesh: Mesh):
-    return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(x)),
-        tree)
-
-
-def evaluate(params, eval_step, items, labels, cfg: TrainConfig, mesh: Mesh | None = None
-             ) -> dict[str, float]:
-    """Strict agent and step accuracy, top-3 agent recall and ECE over labelled failed traces."""
-    hits_a = hits_s = top3 = n = 0
-    conf, correct = [], []
-    loss_sum = 0.0
-    nb = 0
-    for b, ix in eval_batches(items, labels, cfg.batch_size):
-        metrics, pred, _ = eval_step(params, replicated(b, mesh) if mesh else b)
-        loss_sum, nb = loss_sum + float(metrics["loss"]), nb + 1
-        pred = jax.tree_util.tree_map(np.asarray, pred)
-        for gi, j in enumerate(ix):
-            if b.label_mask[gi] == 0:
-                continue
-            n += 1
-            ok_s = pred["pred_node"][gi] == b.target_node[gi]
-            ok_a = pred["pred_agent"][gi] == b.target_agent[gi]
-            hits_s, hits_a = hits_s + ok_s, hits_a + ok_a
-            mine = np.where(b.agent_graph == gi)[0]
-            ranked = mine[np.argsort(-pred["agent_p"][mine], kind="stable")][:3]
-            top3 += b.target_agent[gi] in ranked
-            conf.append(float(pred["step_p"][pred["pred_node"][gi]]))
-            correct.append(float(ok_s))
-    return {"loss": loss_sum / max(nb, 1), "n": n, "agent_acc": hits_a / max(n, 1),
-            "step_acc": hits_s / max(n, 1), "agent_top3": top3 / max(n, 1),
-            "ece": expected_calibration_error(np.array(conf), np.array(correct))}
-
-
-def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    if len(conf) == 0:
-        return 0.0
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
-    return float(ece)
-
-
-def real_repeats(traces: list[Trace], real_weight: float) -> int:
-    """How many times each real log appears in an epoch so that real logs make up about
-    `real_weight` of the epoch's traces (each at least once; 1 when only one kind is given)."""
-    n_real = sum(is_real(t) for t in traces)
-    n_sim = len(traces) - n_real
-    if not n_real or not n_sim:
-        return 1
-    return max(1, round(real_weight / (1 - real_weight) * n_sim / n_real))
-
-
-def epoch_order(traces: list[Trace], cfg: TrainConfig, epoch: int) -> np.ndarray:
-    """The epoch's trace indices, real logs repeated (`real_repeats`), shuffled by (seed, epoch)
-    only, so a resumed run continues the same curve."""
-    r = real_repeats(traces, cfg.real_weight)
-    ix = [i for i, t in enumerate(traces) for _ in range(r if is_real(t) else 1)]
-    return np.random.default_rng([cfg.seed, epoch]).permutation(np.array(ix, dtype=np.int64))
-
-
-def checkpoint_manager(out_dir: Path) -> ocp.CheckpointManager:
-    """Ties (e.g. a run without validation data) go to the later epoch, as `is_better` says.
-    Saving is synchronous: training waits for each save anyway, and orbax's asynchronous
-    saves from two threads of one process (cross-validation's folds) wait on each other's
-    signals until they time out."""
-    opts = ocp.CheckpointManagerOptions(max_to_keep=2,
-                                        best_fn=lambda m: m["val_step_acc"] + 1e-6 * m["epoch"],
-                                        best_mode="max", keep_checkpoints_without_metrics=False,
-                                        create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(out_dir.resolve() / "checkpoints", options=opts,
-                                 item_handlers=ocp.StandardCheckpointHandler())
-
-
-def packed_state(state: State) -> dict[str, np.ndarray]:
-    """The train state as one vector per dtype (its leaves raveled in tree order), what a
-    checkpoint holds. Orbax writes every leaf through its own asynchronous machinery, ~2 ms a
-    leaf: 0.7 s for the 340 leaves of the default model's state, 0.07 s for these three. The
-    state is replicated, so each process packs its own copy."""
-    groups: dict[str, list[np.ndarray]] = {}
-    for x in jax.tree_util.tree_leaves(state):
-        local = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
-        groups.setdefault(local.dtype.name, []).append(local.ravel())
-    return {k: np.concatenate(v) for k, v in groups.items()}
-
-
-def packed_sizes(like: State) -> dict[str, int]:
-    """How many values of each dtype `packed_state` of a state like `like` holds."""
-    sizes: dict[str, int] = {}
-    for x in jax.tree_util.tree_leaves(like):
-        k = np.dtype(x.dtype).name
-        sizes[k] = sizes.get(k, 0) + int(np.prod(x.shape))
-    return sizes
-
-
-def unpacked_state(packed: dict[str, np.ndarray], like: State) -> State:
-    """`packed_state`'s inverse, into the structure, shapes and dtypes of `like`."""
-    offsets = dict.fromkeys(packed, 0)
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    out = []
-    for x in leaves:
-        k, n = np.dtype(x.dtype).name, int(np.prod(x.shape))
-        out.append(packed[k][offsets[k]:offsets[k] + n].reshape(x.shape))
-        offsets[k] += n
-    if any(offsets[k] != len(v) for k, v in packed.items()):
-        raise RunDirError("a checkpoint holds more values than this model has: it was written "
-                          "by another model")
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def restore_state(mngr: ocp.CheckpointManager, step: int, like: State) -> State:
-    """The state saved at `step`, on the host, in the structure of `like`. Checkpoints written
-    before states were packed hold the tree itself and restore as such."""
-    sizes = packed_sizes(like)
-    saved = getattr(mngr.item_metadata(step), "tree", None)
-    if isinstance(saved, dict) and set(saved) == set(sizes):
-        packed = mngr.restore(step, args=ocp.args.StandardRestore(
-            {k: np.zeros(n, k) for k, n in sizes.items()}))
-        return unpacked_state(packed, like)
-    target = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
-    return jax.tree_util.tree_map(np.asarray, mngr.restore(
-        step, args=ocp.args.StandardRestore(target)))
 
 
 def train(cfg: TrainConfig, train_traces: list[Trace], train_feats: list[Featurised],
@@ -593,192 +209,3 @@ def xla_record(stats: CompileStats) -> dict[str, float]:
     the persistent cache, and the seconds spent on both (tracing and lowering included)."""
     return {"xla_compiled": stats.compiled, "xla_cache_hits": stats.cache_hits,
             "compile_seconds": round(stats.seconds, 3)}
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """One ensemble member: how it trains and on what."""
-    cfg: TrainConfig
-    traces: list[Trace]
-    feats: list[Featurised]
-
-
-def ensemble_specs(cfg: TrainConfig, members: int, traces: list[Trace],
-                   feats: list[Featurised]) -> list[MemberSpec]:
-    """`members` models that differ only in their seed (cfg.seed, cfg.seed + 1, ...). With
-    `cfg.init` naming an ensemble, member i starts from its member i (cyclically)."""
-    if members < 1:
-        raise ValueError(f"members must be at least 1, not {members}")
-    inits = [str(d) for d in member_dirs(Path(cfg.init))] if cfg.init else [""]
-    return [MemberSpec(dataclasses.replace(cfg, seed=cfg.seed + i, init=inits[i % len(inits)]),
-                       traces, feats) for i in range(members)]
-
-
-def train_ensemble(cfg: TrainConfig, members: int, train_traces: list[Trace],
-                   train_feats: list[Featurised], val_traces: list[Trace],
-                   val_feats: list[Featurised], out_dir: Path, progress: bool = True,
-                   jobs: int = 1) -> list[dict[str, Any]]:
-    """`members` models that differ only in their seed, `jobs` of them trained at once;
-    prediction averages their probabilities. On simulated data the members agree; on real logs
-    each seed learns different accidents of the simulator, and their average is steadier than
-    any one (docs/coarse_stage.md)."""
-    specs = ensemble_specs(cfg, members, train_traces, train_feats)
-    return train_members(specs, val_traces, val_feats, out_dir, progress, jobs=jobs)
-
-
-def concurrent_trainings(jobs: int) -> int:
-    """How many trainings may run at once in this process: `jobs` on one device; one when each
-    spans several devices or processes, whose collectives must run in one order everywhere."""
-    return max(1, jobs) if jax.device_count() == 1 else 1
-
-
-def concurrently(fn: Callable[[int], Any], n: int, jobs: int) -> list[Any]:
-    """`[fn(i) for i in range(n)]`, up to `concurrent_trainings(jobs)` calls at a time in
-    threads. On an error or Ctrl-C the calls not yet started are dropped, and the ones running
-    finish before it is raised."""
-    workers = min(concurrent_trainings(jobs), n)
-    if workers <= 1:
-        return [fn(i) for i in range(n)]
-    pool = ThreadPoolExecutor(workers)
-    futures = [pool.submit(fn, i) for i in range(n)]
-    try:
-        return [f.result() for f in futures]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def train_members(specs: list[MemberSpec], val_traces: list[Trace], val_feats: list[Featurised],
-                  out_dir: Path, progress: bool = True, label: str = "", jobs: int = 1
-                  ) -> list[dict[str, Any]]:
-    """One model per spec, their probabilities averaged at prediction. Members may differ in
-    training settings and data (a model fine-tuned from the simulated one beside one trained
-    on real logs alone), not in architecture, embedder or evidence. One member trains in
-    `out_dir` itself, several in `member-N`, `jobs` of them at once (threads sharing the
-    compiled programs; each member's result does not depend on it)."""
-    single, ensemble = (out_dir / "config.json").exists(), any(out_dir.glob("member-*"))
-    if (len(specs) == 1 and ensemble) or (len(specs) > 1 and single):
-        raise RunDirError(f"{out_dir} holds {'an ensemble' if ensemble else 'a single model'}; "
-                          f"train into a new directory, or remove this one")
-    if not all(same_parameters(s.cfg, specs[0].cfg) for s in specs):
-        raise ValueError("ensemble members must share their model, embedder and evidence")
-    if len(specs) == 1:
-        s = specs[0]
-        return [train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir, progress, label)]
-    jobs = concurrent_trainings(jobs)
-
-    def member(i: int) -> dict[str, Any]:
-        s = specs[i]
-        if progress:
-            print(f"{label}member {i + 1}/{len(specs)} (seed {s.cfg.seed}, {len(s.traces)} traces"
-                  f"{', from ' + s.cfg.init if s.cfg.init else ''})", file=sys.stderr)
-        return train(s.cfg, s.traces, s.feats, val_traces, val_feats, out_dir / f"member-{i + 1}",
-                     progress, f"{label}member {i + 1} " if jobs > 1 else label)
-
-    return concurrently(member, len(specs), jobs)
-
-
-def member_dirs(run_dir: Path) -> list[Path]:
-    """The run directories of a trained model: the directory itself, or its ensemble members."""
-    if (run_dir / "config.json").exists():
-        return [run_dir]
-    members = {int(d.name[7:]): d for d in run_dir.glob("member-*")
-               if d.name[7:].isdigit() and (d / "config.json").exists()}
-    if not members:
-        raise RunDirError(f"{run_dir}: no trained model here (no config.json, no "
-                                f"member-N/config.json); train one with `astra train`")
-    return [members[n] for n in sorted(members)]
-
-
-def is_better(rec: dict[str, Any], best: dict[str, Any]) -> bool:
-    """The checkpoint manager's rule: highest validation step accuracy, later epochs on ties."""
-    return not best or rec["val_step_acc"] >= best.get("val_step_acc", -1)
-
-
-def best_record(path: Path) -> dict[str, Any]:
-    """The best epoch's record in a run's log (a resumed run picks up where it left off)."""
-    best: dict[str, Any] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
-        if "val_step_acc" in rec and is_better(rec, best):
-            best = rec
-    return best
-
-
-def keep_log_until(path: Path, epoch: int) -> None:
-    """A run killed between logging an epoch and checkpointing it, or mid-line, leaves records
-    past its last checkpoint; drop them so the resumed run's log is one clean curve."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("epoch", 0) <= epoch:
-            kept.append(line)
-    path.write_text("".join(f"{x}\n" for x in kept))
-
-
-def load_params(run_dir: Path, cfg: TrainConfig, sample: Batch, which: str = "best"):
-    mngr = checkpoint_manager(run_dir)
-    step = mngr.best_step() if which == "best" else mngr.latest_step()
-    if step is None:
-        raise RunDirError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    state = restore_state(mngr, step, abstract_state(cfg, sample))
-    mngr.close()
-    return state.params, step
-
-
-def init_params(run_dir: Path, cfg: TrainConfig, sample: Batch):
-    """The best parameters of a trained single-model run, to fine-tune from; its model,
-    embedder and evidence must be this run's."""
-    if not (run_dir / "config.json").exists():
-        raise RunDirError(f"{run_dir}: no trained model to start from (no config.json); give a "
-                          f"single run, or an ensemble member's directory")
-    base = config_from_dir(run_dir)
-    if not same_parameters(base, cfg):
-        raise RunDirError(f"{run_dir}: its model, embedder or evidence differ from this run's; "
-                          f"fine-tuning needs the same")
-    return load_params(run_dir, base, sample)[0]
-
-
-def same_parameters(a: TrainConfig, b: TrainConfig) -> bool:
-    """Whether parameters trained under `a` mean the same under `b`: same architecture,
-    embedder and evidence columns (training-only settings may differ)."""
-    return ((architecture(a.model), a.embedder, a.dropped)
-            == (architecture(b.model), b.embedder, b.dropped))
-
-
-def override(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
-    """Apply `key=value` settings (`epochs=4`, `model.d_model=64`), converting each value to the
-    field's type; an unknown key or a bad value names itself."""
-    for item in settings:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"setting {item!r}: expected KEY=VALUE")
-        path = key.strip().split(".")
-        if len(path) > 2 or (len(path) == 2 and path[0] != "model"):
-            raise ValueError(f"setting {item!r}: unknown key {key!r}")
-        target = cfg.model if len(path) == 2 else cfg
-        fields = {f.name for f in dataclasses.fields(target)}
-        if path[-1] not in fields or path[-1] == "model":
-            raise ValueError(f"setting {item!r}: unknown key {key!r}; known: "
-                             f"{', '.join(sorted(fields))}")
-        kind = type(getattr(target, path[-1]))
-        try:
-            value = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
-        except ValueError:
-            raise ValueError(f"setting {item!r}: {raw!r} is not a valid {kind.__name__}") from None
-        try:
-            new = dataclasses.replace(target, **{path[-1]: value})
-        except ValueError as e:
-            raise ValueError(f"setting {item!r}: {e}") from None
-        cfg = dataclasses.replace(cfg, model=new) if len(path) == 2 else new
-    return cfg
-
-
-def config_from_dir(run_dir: Path) -> TrainConfig:
-    d = json.loads((run_dir / "config.json").read_text())
-    d["model"] = ModelConfig(**d["model"])
-    return TrainConfig(**d)
