@@ -98,7 +98,8 @@ def start_config(init: Path):
     """The TrainConfig the starting point was trained under: fine-tuning keeps its model,
     embedder and evidence."""
     from astra_jax.export import load_model
-    from astra_jax.train import config_from_dir, member_dirs
+    from astra_jax.configs import config_from_dir
+    from astra_jax.run_dirs import member_dirs
 
     return load_model(init)[0] if init.is_file() else config_from_dir(member_dirs(init)[0])
 
@@ -119,7 +120,7 @@ def replay_traces(n: int, path: Path) -> list[Trace]:
 def train_final(cfg, members: int, replay: list[Trace], logs: list[Trace], run: Path,
                 jobs: int) -> None:
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import train_members
+    from astra_jax.ensembles import train_members
 
     feats = featurise(replay + logs, make_embedder(cfg.embedder), run / "feature_cache",
                       True, cfg.dropped)

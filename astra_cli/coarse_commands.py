@@ -114,9 +114,9 @@ def marked_traces(traces: list, args: argparse.Namespace) -> list:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from astra_jax.compilation import compile_stats
+    from astra_jax.ensembles import train_ensemble
     from astra_jax.features import featurise, make_embedder
     from astra_jax.model import ModelConfig
-    from astra_jax.train import train_ensemble
 
     if args.distributed:
         import jax
@@ -159,7 +159,7 @@ def train_config(args: argparse.Namespace, **fields):
     """The TrainConfig of the flags `astra train` and `astra cv` share, plus `fields` and any
     `--set KEY=VALUE`; a ValueError names a bad setting or evidence group."""
     from astra_jax.features import evidence_mask
-    from astra_jax.train import TrainConfig, override
+    from astra_jax.configs import TrainConfig, override
 
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, embedder=args.embedder,
                       real_weight=args.real_weight, drop_evidence=args.drop_evidence,
@@ -173,7 +173,7 @@ def usable_for_training(traces, name: str, real_weight: float | None = None) -> 
     """Print what training learns from each kind of trace (simulated or real), list every trace
     of little or no use with its reason on stderr, and keep all but the unusable ones."""
     from astra_jax.batching import is_real, training_use
-    from astra_jax.train import real_repeats
+    from astra_jax.batch_plans import real_repeats
 
     counts: dict[tuple[str, str], int] = {}
     kept = []
@@ -200,9 +200,11 @@ def load_coarse(model: Path | None):
     is None, the model shipped with the package."""
     from astra_jax import RunDirError
     from astra_jax.batching import labels_of, pack_batch
+    from astra_jax.checkpoints import load_params
+    from astra_jax.configs import config_from_dir, same_parameters
     from astra_jax.export import DEFAULT_MODEL, load_model
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import config_from_dir, load_params, member_dirs, same_parameters
+    from astra_jax.run_dirs import member_dirs
     from data_gen.trace import Step, Task, Trace
 
     if model is None:

@@ -167,7 +167,7 @@ def member_specs(cfg, real_only, members: int, sim: list[Trace], sim_feats: list
                  logs: list[Trace], log_feats: list) -> list:
     """The members trained on `logs`: `members` under `cfg` with the simulated traces beside
     the logs and, with `real_only`, as many under it on the logs alone."""
-    from astra_jax.train import ensemble_specs
+    from astra_jax.ensembles import ensemble_specs
     specs = ensemble_specs(cfg, members, sim + logs, sim_feats + log_feats)
     if real_only is not None:
         specs += ensemble_specs(real_only, members, logs, log_feats)
@@ -185,8 +185,8 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, folds: list[Fold], 
     do not depend on `jobs`: each fold trains from its own seeds and data."""
     from astra_eval.markdown import cv_markdown
     from astra_eval.scoring import evaluate
+    from astra_jax.ensembles import concurrent_trainings, concurrently, train_members
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import concurrent_trainings, concurrently, train_members
 
     out.mkdir(parents=True, exist_ok=True)
     ids = [t.trace_id for t in logs]

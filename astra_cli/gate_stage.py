@@ -1,4 +1,5 @@
-"""`astra run`'s gate between the fine stage and the verdicts (the model: llm_stage/gate.py).
+"""`astra run`'s gate between the fine stage and the verdicts (the model: llm_stage/gate.py;
+its file and verdicts: llm_stage/gate_apply.py).
 
 Fits a gate on labelled traces the fine stage has not trained on (`--fit-gate LOGS`), or loads
 one (`--gate FILE`, or by default `OUT/astra_gate.json`, then `ADAPTER/astra_gate.json`), and
@@ -14,9 +15,9 @@ import sys
 from pathlib import Path
 
 from data_gen.trace import Trace
-from llm_stage.gate import (GATE_FILE, Gate, GateError, apply_gate, decision_counts, describe,
-                            fine_identity, fit_gate, gate_row, labelled_rows, labels_of,
-                            load_gate, out_of_fold_decisions, save_gate)
+from llm_stage.gate import (GATE_FILE, Gate, GateError, describe, fine_identity, fit_gate,
+                            gate_row, labelled_rows, labels_of, out_of_fold_decisions)
+from llm_stage.gate_apply import apply_gate, decision_counts, load_gate, save_gate
 
 
 def find_gate(choice: str, out: Path, adapter: str | Path | None) -> Path | None:

@@ -82,7 +82,7 @@ def methods_of(verdicts: dict[str, dict], cands: dict[str, dict]) -> dict[str, d
     """The methods a run's verdicts stand for. When a fine stage produced them, the coarse
     stage alone is scored beside it, so the table shows what the language model adds; when a
     gate chose between the two, the fine stage alone is scored too."""
-    from llm_stage.gate import fine_only
+    from llm_stage.gate_apply import fine_only
     fine = next((v["backend"] for v in verdicts.values() if v.get("backend")), None)
     if fine is None:
         return {"ASTRA-JAX coarse": verdicts}

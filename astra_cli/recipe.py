@@ -54,8 +54,9 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     from astra_cli.coarse_commands import DEFAULT_JOBS
     from astra_cli.cv_command import (cross_validate, framework_folds, kfold, member_specs,
                                       real_only_config)
+    from astra_jax.configs import TrainConfig
+    from astra_jax.ensembles import train_ensemble, train_members
     from astra_jax.features import featurise, make_embedder
-    from astra_jax.train import TrainConfig, train_ensemble, train_members
 
     cfg = dataclasses.replace(base or TrainConfig(), epochs=recipe.sim_epochs, seed=recipe.seed)
     sim_run, run = out / "sim_coarse", out / "coarse"

@@ -144,6 +144,11 @@ def enable_compile_cache(cache_dir: Path | None) -> None:
     jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
 
 
+# the code stored train, eval and prediction programs run: changing any of it compiles afresh
+PROGRAM_SOURCES = ("astra_jax.train", "astra_jax.configs", "astra_jax.losses", "astra_jax.state",
+                   "astra_jax.model", "astra_jax.batching", "data_gen.dhcg", "data_gen.trace")
+
+
 @lru_cache(maxsize=None)
 def source_digest(*modules: str) -> str:
     """A digest of the source files of `modules` (dotted names): a stored program built by other

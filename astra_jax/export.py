@@ -19,9 +19,9 @@ import numpy as np
 from flax import serialization
 
 from astra_jax import RunDirError
+from astra_jax.configs import TrainConfig
 from astra_jax.features import FEATURISER_VERSION, META_DIM
 from astra_jax.model import ModelConfig
-from astra_jax.train import TrainConfig
 from data_gen.evidence import EVIDENCE_COLUMNS
 
 MODEL_FORMAT = "astra.model/v1"
@@ -118,7 +118,7 @@ def load_model(path: Path) -> tuple[TrainConfig, list[Any], dict[str, Any]]:
 def run_provenance(run: Path, eval_json: Path | None, command: str) -> dict[str, Any]:
     """What the header says of how a run was made: the command, each member's seed, best epoch
     and training data (how many traces, and which), and the overall table of `eval_json`."""
-    from astra_jax.train import best_record, member_dirs
+    from astra_jax.run_dirs import best_record, member_dirs
 
     members = []
     for d in member_dirs(run):

@@ -7,10 +7,11 @@ import jax
 import numpy as np
 
 from astra_jax.batching import Batch, labels_of, pack_batch
-from astra_jax.compilation import StoredJit, shared_programs, source_digest
+from astra_jax.compilation import PROGRAM_SOURCES, StoredJit, shared_programs, source_digest
+from astra_jax.configs import TrainConfig
 from astra_jax.features import Featurised
+from astra_jax.losses import predictions
 from astra_jax.model import AstraMoE, ModelConfig
-from astra_jax.train import PROGRAM_SOURCES, TrainConfig, predictions
 from data_gen.marks import not_agents
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 

@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from astra_cli.table import format_table  # noqa: E402
 from astra_jax.batching import (exact_sizes, feature_dims, labels_of, pack_batch,  # noqa: E402
                                 pack_shards, plan_batches, run_bucket, trace_sizes)
+from astra_jax.configs import TrainConfig  # noqa: E402
 from astra_jax.features import HashingEmbedder, featurise  # noqa: E402
-from astra_jax.train import COMPILES, TrainConfig, init_state, make_steps  # noqa: E402
+from astra_jax.state import init_state  # noqa: E402
+from astra_jax.train import COMPILES, make_steps  # noqa: E402
 from data_gen.sim.generate import GenConfig, generate  # noqa: E402
 from data_gen.trace import Step, Task, Trace  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from astra_cli.cv_command import cross_validate, kfold
 from astra_cli.data_commands import DEV_LOGS
 from astra_cli.table import format_table
-from astra_jax.train import TrainConfig
+from astra_jax.configs import TrainConfig
 from data_gen.evidence import EVIDENCE_GROUPS
 from data_gen.readers import load_traces
 

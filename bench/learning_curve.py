@@ -32,7 +32,7 @@ from astra_cli.recipe import Recipe, replay_sample
 from astra_cli.table import format_table
 from astra_eval.folds import framework_of
 from astra_eval.scoring import FIRST_INVOCATION
-from astra_jax.train import TrainConfig
+from astra_jax.configs import TrainConfig
 from data_gen.readers import load_traces, write_traces
 from data_gen.trace import Trace
 

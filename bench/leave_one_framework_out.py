@@ -19,8 +19,9 @@ from astra_cli.coarse_commands import predict_traces
 from astra_cli.data_commands import run_gen
 from astra_cli.table import format_table
 from astra_eval.scoring import FIRST_INVOCATION, evaluate
+from astra_jax.configs import TrainConfig
+from astra_jax.ensembles import train_ensemble
 from astra_jax.features import featurise, make_embedder
-from astra_jax.train import TrainConfig, train_ensemble
 from data_gen.readers import load_traces
 from data_gen.sim.generate import VARIANTS, GenConfig
 from data_gen.sim.teams import TEAMS

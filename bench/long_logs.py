@@ -6,7 +6,7 @@
 A log of N steps repeats the steps of one real log (by default the 29-step Magentic-One log
 Hand-Crafted/1.json) until it has N, renumbered, with `refs` shifted to the copy's own steps and
 the label on the first copy: a valid native trace. `--otlp` also writes the same trace as OTLP
-JSON with the repo's writer (`data_gen.otlp.to_otlp`) and measures reading that. One warm-up
+JSON with the repo's writer (`data_gen.otlp_write.to_otlp`) and measures reading that. One warm-up
 run first fills the compile cache, so rows measure a user's second run. Each row is the best of
 `--repeats` runs by wall time; peak RSS is the child's own (`wait4`). The machine this was
 written on has 2 cores shared with other jobs: timings are noisy, the load average is printed.

@@ -8,7 +8,7 @@ a converted file keeps it and a user can change it.
 Where the marks come from, first match wins:
 1. a user's override (`override_marks`: the `--agents` / `--not-agents` flags, the labels sidecar);
 2. the source format's own structure, set by its reader: chat roles and tool calls
-   (data_gen/chat.py), OTLP span kinds (data_gen/otlp.py), Who&When's `system_prompt` (an LLM
+   (data_gen/chat.py), OTLP span kinds (data_gen/otlp_read.py), Who&When's `system_prompt` (an LLM
    agent has a prompt, the code executor none), TracerTraj's `system` role, a native file's marks;
 3. the run's structure, for everything a format leaves open (`structure_marks`):
    S1 an entity every step of which is a `tool_result` is a tool;

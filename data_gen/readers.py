@@ -11,7 +11,7 @@ Formats (docs/readers.md has the details and the inference rules):
   `{"messages": [...]}` (`data_gen/chat.py`).
 - `otlp`: OpenTelemetry traces as OTLP JSON (`{"resourceSpans": [...]}`), GenAI or OpenInference
   attributes; spans are grouped by trace id across the lines and files of a path
-  (`data_gen/otlp.py`).
+  (`data_gen/otlp_read.py`; written by `data_gen/otlp_write.py`).
 
 Who&When labels: `mistake_agent`, `mistake_step` (a 0-based index into `history`, stored as a
 string), `mistake_reason`. Everything a reader does not map stays in `Trace.extra`/`Step.extra`, so
@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from data_gen import chat, otlp
+from data_gen import chat
 from data_gen.marks import Mark, with_marks
 from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records
+from data_gen.otlp_read import read_otlp
+from data_gen.otlp_spans import is_otlp
+from data_gen.otlp_write import to_otlp
 from data_gen.trace import (MAX_CONTENT_CHARS, AgentSpec, Label, Outcome, Step, System, Task, Trace,
                             TraceError, _need, check_content, check_trace, trace_from_dict)
 
@@ -51,7 +54,7 @@ def detect_format(d: Any) -> str:
         raise TraceError(f"expected a JSON object, got {type(d).__name__}")
     if isinstance(d.get("schema"), str) and d["schema"].startswith("astra.trace/"):
         return "native"
-    if otlp.is_otlp(d):
+    if is_otlp(d):
         return "otlp"
     history = d.get("history")
     if history is None:
@@ -213,7 +216,7 @@ def read_record(raw: RawRecord, max_chars: int = MAX_CONTENT_CHARS) -> tuple[Tra
 
 
 def _one_otlp_trace(raw: RawRecord, max_chars: int) -> tuple[Trace, list[str]]:
-    results = list(otlp.read_otlp([raw], max_chars))
+    results = list(read_otlp([raw], max_chars))
     errors = [r for r in results if isinstance(r, TraceError)]
     if errors:
         raise errors[0]
@@ -240,14 +243,14 @@ def iter_traces(path: str | Path, max_chars: int = MAX_CONTENT_CHARS,
     for raw in iter_records(path, max_file_bytes):
         if isinstance(raw, TraceError):
             yield raw
-        elif otlp.is_otlp(raw.data):
+        elif is_otlp(raw.data):
             spans.append(raw)
         else:
             try:
                 yield read_record(raw, max_chars)
             except TraceError as e:
                 yield e
-    yield from otlp.read_otlp(spans, max_chars)
+    yield from read_otlp(spans, max_chars)
 
 
 def load_traces(paths: str | Path | Iterable[str | Path], **kw) -> LoadReport:
@@ -358,7 +361,7 @@ def encode_whowhen(trace: Trace) -> str:
 
 
 def encode_otlp(trace: Trace) -> str:
-    return json.dumps(otlp.to_otlp(trace), ensure_ascii=False)
+    return json.dumps(to_otlp(trace), ensure_ascii=False)
 
 
 ENCODERS = {"native": encode_native, "whowhen": encode_whowhen, "otlp": encode_otlp}

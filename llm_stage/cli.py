@@ -112,8 +112,8 @@ def cmd_fit_gate(args) -> int:
     """Fit the gate on labelled logs, their candidates and `localize`'s verdicts on them."""
     from data_gen.stage_files import read_stage_rows
     from data_gen.trace import VERDICT_SCHEMA
-    from llm_stage.gate import (GateError, describe, fit_gate, identity_of_verdicts,
-                                labelled_rows, labels_of, save_gate)
+    from llm_stage.gate import GateError, describe, fit_gate, labelled_rows, labels_of
+    from llm_stage.gate_apply import identity_of_verdicts, save_gate
     traces = load_valid_traces(args.traces)
     cands = _candidates(args.candidates)
     fine = read_stage_rows(args.verdicts, VERDICT_SCHEMA)

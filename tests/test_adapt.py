@@ -9,7 +9,8 @@ import pytest
 
 from astra_cli.main import main
 from astra_jax.export import export_model, load_model, read_header
-from astra_jax.train import init_members, train
+from astra_jax.checkpoints import init_members
+from astra_jax.train import train
 from tests.test_coarse import DEV, TINY, _sim
 
 LOGS = [str(DEV / f"{i}.json") for i in range(1, 13)]

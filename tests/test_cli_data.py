@@ -83,7 +83,7 @@ def test_a_real_weight_outside_0_and_1_is_refused_before_any_work(command, weigh
 
 @pytest.mark.parametrize("weight", ["0", "1", "2.5"])
 def test_a_real_weight_outside_0_and_1_is_refused_by_the_library_and_by_set(weight, capsys):
-    from astra_jax.train import TrainConfig
+    from astra_jax.configs import TrainConfig
     with pytest.raises(ValueError, match="real_weight"):
         TrainConfig(real_weight=float(weight))
     assert main(["train", "x.jsonl", "--out", "r", "--set", f"real_weight={weight}"]) == 2

@@ -9,9 +9,11 @@ from astra_jax import RunDirError
 from astra_jax.batching import (SMALLEST_BUCKET, labels_of, ladder_level, pack_batch,
                                 plan_batches, run_bucket, trace_sizes)
 from data_gen.dhcg import EDGE_TYPES, build_dhcg
+from astra_jax.configs import TrainConfig
 from astra_jax.features import HashingEmbedder, featurise
 from astra_jax.model import ModelConfig
-from astra_jax.train import COMPILES, TrainConfig, learning_rate, schedule_args, train
+from astra_jax.state import learning_rate, schedule_args
+from astra_jax.train import COMPILES, train
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig, generate
 from data_gen.trace import Step, Task, Trace
@@ -191,8 +193,9 @@ def test_checkpoints_hold_the_state_packed_and_older_ones_still_restore(tmp_path
     state back exactly, and a checkpoint of the whole tree (earlier versions) restores too."""
     import jax
     import orbax.checkpoint as ocp
-    from astra_jax.train import (checkpoint_manager, init_state, packed_state, restore_state,
-                                 unpacked_state)
+    from astra_jax.checkpoints import (checkpoint_manager, packed_state, restore_state,
+                                       unpacked_state)
+    from astra_jax.state import init_state
 
     t = load_traces(DEV / "1.json").traces[0]
     state = init_state(TINY, pack_batch(featurise([t], HashingEmbedder()), [labels_of(t)], 1))
@@ -220,7 +223,7 @@ def test_the_host_drawn_initial_state_follows_flax_init():
     import jax
     import pytest
     from astra_jax.initialise import draw_leaf
-    from astra_jax.train import _abstract_init, _model_and_tx, init_state
+    from astra_jax.state import _abstract_init, init_state, model_and_tx
 
     t = load_traces(DEV / "1.json").traces[0]
     sample = pack_batch(featurise([t], HashingEmbedder()), [labels_of(t)], 1)
@@ -242,7 +245,7 @@ def test_the_host_drawn_initial_state_follows_flax_init():
             assert abs(ours.std() / theirs.std() - 1) < 0.1 + 3 / np.sqrt(ours.size), path
             assert np.abs(ours).max() <= np.abs(theirs).max() * 1.5 + 1e-6, path
     assert names == {"kernel", "bias", "scale", "embedding"}
-    _, tx = _model_and_tx(cfg.model, 1.0, 1.0)
+    _, tx = model_and_tx(cfg.model, 1.0, 1.0)
     for ours, theirs in zip(jax.tree.leaves(state.opt_state),
                             jax.tree.leaves(tx.init(state.params))):
         np.testing.assert_array_equal(ours, theirs)
@@ -313,7 +316,8 @@ def test_an_ensemble_averages_its_members(tmp_path, capsys):
     from astra_cli.coarse_commands import predict_traces
     from astra_cli.main import main
     from astra_jax import RunDirError
-    from astra_jax.train import member_dirs, train_ensemble
+    from astra_jax.ensembles import train_ensemble
+    from astra_jax.run_dirs import member_dirs
 
     tr = _sim(24, 8, topologies=("magentic-one", "metagpt"))
     va = [t for t in _sim(10, 9) if t.variant == "fatal"]
@@ -396,7 +400,7 @@ def test_concurrent_trainings_stop_starting_after_a_failure():
     import time
 
     import pytest
-    from astra_jax.train import concurrently
+    from astra_jax.ensembles import concurrently
 
     started, lock = [], threading.Lock()
 

@@ -11,7 +11,7 @@ from astra_cli.main import main
 from astra_jax.export import (DEFAULT_MODEL, PRETRAINED_MODEL, compatibility, load_model,
                               read_header)
 from astra_jax.features import HashingEmbedder, featurise
-from astra_jax.train import train_ensemble
+from astra_jax.ensembles import train_ensemble
 from data_gen.readers import load_traces
 from tests.test_coarse import DEV, TINY, _sim
 
@@ -149,7 +149,7 @@ def test_the_recipe_mixes_each_fold_as_it_mixes_the_final_model():
     from types import SimpleNamespace
 
     from astra_cli.recipe import Recipe
-    from astra_jax.train import real_repeats
+    from astra_jax.batch_plans import real_repeats
 
     recipe = Recipe()
     sim = [SimpleNamespace(variant="fatal")] * recipe.replay

@@ -24,7 +24,8 @@ from data_gen.stage_files import coarse_verdict
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 from llm_stage.backends import Completion, EndpointBackend
 from llm_stage.gate import (GATE_SCHEMA, GateError, GateRow, fine_identity, fit_gate, gate_row,
-                            labelled_rows, labels_of, load_gate, save_gate)
+                            labelled_rows, labels_of)
+from llm_stage.gate_apply import load_gate, save_gate
 from llm_stage.localize import localize
 from llm_stage.prompts import approx_tokens
 

@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 
 from data_gen.files import RawRecord
 from data_gen.marks import with_marks
-from data_gen.otlp import SPAN_KEYS, to_otlp
+from data_gen.otlp_spans import SPAN_KEYS
+from data_gen.otlp_write import to_otlp
 from data_gen.readers import load_traces, read_record, write_traces
 from data_gen.trace import TraceError
 from test_bad_input import json_values
@@ -376,7 +377,7 @@ ATTRIBUTES = ("gen_ai.agent.name", "gen_ai.operation.name", "openinference.span.
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(ATTRIBUTES), json_values, st.booleans(), st.sampled_from([0, 1]))
 def test_hostile_attribute_values_read_or_fail_naming_the_file(key, value, as_json, which):
-    from data_gen.otlp import to_any_value
+    from data_gen.otlp_write import to_any_value
     rec = json.loads(_line(
         _span(f"{1:032x}", "a" * 16, **{"gen_ai.operation.name": "invoke_agent",
                                         "gen_ai.agent.name": "boss"}),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from astra_jax.batching import is_real, labels_of, training_use
-from astra_jax.train import epoch_order, real_repeats
+from astra_jax.batch_plans import epoch_order, real_repeats
 from data_gen.evidence import EVIDENCE_COLUMNS, step_evidence
 from data_gen.files import RawRecord
 from data_gen.readers import encode_native, load_traces, read_record, to_whowhen
