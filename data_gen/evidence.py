@@ -70,9 +70,10 @@ _CORRECTION = re.compile(r"\b(?:incorrect|not correct|mistake|wrong|discrepanc(?
                          r"should be|inaccurate|error in)\b", re.IGNORECASE)
 _KEY_VALUE = re.compile(r"([A-Za-z][A-Za-z _-]{2,40}?)\s*(?:=|:|\bis\b|\bwas\b|\bare\b|"
                         r"\bequals\b)\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
-# what every match of _KEY_VALUE contains: a text without it is not searched (a third of steps
-# have it, and the full pattern costs most of featurising)
+# what every match of _KEY_VALUE contains from its separator on: the full pattern is tried only
+# in a short window before each of these (it costs most of featurising when run over the text)
 _KEY_VALUE_END = re.compile(r"(?:=|:|\bis\b|\bwas\b|\bare\b|\bequals\b)\s*\$?-?\d")
+_KEY_MAX = 41  # the longest key _KEY_VALUE allows: a letter and up to 40 more
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 _BOLD = re.compile(r"\*\*([^*\n]{1,60})\*\*|\"([^\"\n]{2,60})\"")
 
@@ -86,12 +87,30 @@ def answer_values(text: str) -> set[str]:
     return vals
 
 
+def key_value_matches(text: str) -> list[tuple[str, str]]:
+    """`_KEY_VALUE.findall(text)`, in linear time: a match starts at most `_KEY_MAX` characters
+    (and the whitespace) before its separator, so each separator is tried in that window only,
+    and the leftmost match of the window is read again over the whole text for its number."""
+    out = []
+    pos = sep_from = 0  # where the next match may start; where to look for its separator
+    while (end := _KEY_VALUE_END.search(text, sep_from)) is not None:
+        ws = end.start()
+        while ws > pos and text[ws - 1].isspace():
+            ws -= 1
+        head = _KEY_VALUE.search(text, max(pos, ws - _KEY_MAX), end.end())
+        if head is None:  # no match uses this separator
+            sep_from = end.start() + 1
+            continue
+        m = _KEY_VALUE.match(text, head.start())
+        out.append((m.group(1), m.group(2)))
+        pos = sep_from = m.end()
+    return out
+
+
 def key_values(text: str) -> list[tuple[frozenset[str], str]]:
     """`KEY is NUMBER` statements: the key's words of 4+ letters (lower-cased), the number."""
-    if not _KEY_VALUE_END.search(text):
-        return []
     out = []
-    for key, num in _KEY_VALUE.findall(text):
+    for key, num in key_value_matches(text):
         words = frozenset(w for w in key.lower().replace("_", " ").split() if len(w) >= 4)
         if words:
             out.append((words, num.replace(",", "")))

@@ -71,12 +71,23 @@ def test_step_evidence_rules():
     assert _col(ev, "since_instruction")[4] == pytest.approx(np.log1p(4))  # step 0 names C
 
 
-def test_key_values_skip_only_texts_the_full_pattern_finds_nothing_in():
+def test_key_values_find_what_the_full_pattern_finds_over_the_whole_text():
+    """The windowed matcher against `findall` of the one pattern: real and simulated steps,
+    corner cases, and random texts of separators, spaces, digits and key letters."""
+    import random
+
     from data_gen import evidence
     texts = [s.content for t in load_traces(DEV).traces + _sim(20, 9) for s in t.steps] + [
         "Total cost\n= $1,200.50", "x is -3", "The answer:7", "isotope 5", "Price is", "a=b",
-        "Population equals 12 and area was 3.5", "Rate\t:\t$ 4"]
+        "Population equals 12 and area was 3.5", "Rate\t:\t$ 4", "ab" * 30 + " is 5",
+        "  : 5 value: 6", "is 4 island is 7", "a" * 50 + "=1"]
+    rng = random.Random(0)
+    atoms = ["a", "Z", " ", "  ", "\n", "\t", "_", "-", ":", "=", "is", " is ", "was", "are",
+             "equals", "$", "1", "23", ",", ".", "4.5", "island", "Total value", "\u00a0", "é"]
+    texts += ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 80)))
+              for _ in range(5000)]
     for text in texts:
+        assert evidence.key_value_matches(text) == evidence._KEY_VALUE.findall(text), text
         want = [(frozenset(w for w in k.lower().replace("_", " ").split() if len(w) >= 4),
                  n.replace(",", "")) for k, n in evidence._KEY_VALUE.findall(text)]
         assert evidence.key_values(text) == [x for x in want if x[0]], text
