@@ -240,6 +240,12 @@ def load_coarse(model: Path | None):
 def predict_traces(model: Path | None, traces, top_k: int, cache: Path | None = None):
     """Candidates from a coarse model (see `load_coarse`); an ensemble's members have their
     probabilities averaged. Features are cached in `cache` (default: a run directory's own)."""
+    return coarse_candidates(model, traces, top_k, cache)[0]
+
+
+def coarse_candidates(model: Path | None, traces, top_k: int, cache: Path | None = None):
+    """`predict_traces`'s candidates and each trace's DHCG by trace id, for the stages after
+    it (scoring's baselines, the report), so a run builds each graph once."""
     from astra_jax.features import featurise, make_embedder
     from astra_jax.predict import stack_members, top_k_candidates
 
@@ -247,7 +253,8 @@ def predict_traces(model: Path | None, traces, top_k: int, cache: Path | None = 
     if cache is None and model is not None and model.is_dir():
         cache = model / "feature_cache"
     feats = featurise(traces, make_embedder(cfg.embedder), cache, drop=cfg.dropped)
-    return top_k_candidates(stack_members(members), cfg, traces, feats, top_k, info)
+    cands = top_k_candidates(stack_members(members), cfg, traces, feats, top_k, info)
+    return cands, {t.trace_id: f.graph for t, f in zip(traces, feats)}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from astra_cli.data_commands import add_labels_arg, load_labelled
+from data_gen.dhcg import build_dhcg
 from data_gen.readers import load_valid_traces
 from data_gen.stage_files import (SINGLE_AGENT, coarse_verdict, read_stage_rows,
                                   write_stage_file)
@@ -96,15 +97,18 @@ def methods_of(verdicts: dict[str, dict], cands: dict[str, dict]) -> dict[str, d
 
 def evaluate_and_write(traces: list[Trace], methods: dict[str, dict[str, dict]],
                        candidates: dict[str, dict], k: int, threshold: float, seed: int,
-                       json_path: Path | None, md_path: Path | None) -> dict[str, Any] | None:
-    """Score, write JSON/Markdown, print the tables; None when no trace carries a label."""
+                       json_path: Path | None, md_path: Path | None,
+                       graphs: dict | None = None) -> dict[str, Any] | None:
+    """Score, write JSON/Markdown, print the tables; None when no trace carries a label.
+    `graphs`: the traces' DHCGs by trace id, when the caller has them."""
     from astra_eval.markdown import eval_markdown
     from astra_eval.scoring import evaluate
     if not any(t.label for t in traces):
         print("no labelled traces: nothing to score")
         return None
     report = evaluate(traces, methods, candidates, k, threshold, seed,
-                      changed_from=COARSE_ONLY if COARSE_ONLY in methods else None)
+                      changed_from=COARSE_ONLY if COARSE_ONLY in methods else None,
+                      graphs=graphs)
     md = eval_markdown(report)
     for path, text in ((json_path, json.dumps(report, indent=1)), (md_path, md)):
         if path:
@@ -146,17 +150,19 @@ class RunOptions:
     adapter: str | None = None  # where else a gate file may be (ADAPTER/astra_gate.json)
 
 
-def coarse_stage(run: Path | None, traces: list[Trace], k: int, path: Path) -> dict[str, dict]:
-    from astra_cli.coarse_commands import predict_traces
+def coarse_stage(run: Path | None, traces: list[Trace], k: int, path: Path
+                 ) -> tuple[dict[str, dict], dict]:
+    """The candidates by trace id, written to `path`, and each trace's DHCG by trace id."""
+    from astra_cli.coarse_commands import coarse_candidates
     print(f"== coarse stage: {len(traces)} traces, model {run or 'shipped with the package'}")
     t0 = time.perf_counter()
-    cands = predict_traces(run, traces, k)
+    cands, graphs = coarse_candidates(run, traces, k)
     share = round((time.perf_counter() - t0) / max(len(cands), 1), 4)
     for c in cands:  # the batch's time, loading and featurising included, shared per trace
         c["latency_s"] = share
     write_stage_file(cands, path)
     print(f"wrote {len(cands)} candidate records to {path}")
-    return {c["trace_id"]: c for c in cands}
+    return {c["trace_id"]: c for c in cands}, graphs
 
 
 def fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts: RunOptions
@@ -207,7 +213,7 @@ def gated_fine_stage(backend, traces: list[Trace], cands: dict[str, dict], opts:
         own = {t.trace_id: t for t in traces}
         new = [t for t in opts.gate_traces if own.get(t.trace_id) != t]
         fit_c = coarse_stage(coarse_run, new, opts.top_k, out / "gate_fit" / "candidates.jsonl"
-                             ) if new else {}
+                             )[0] if new else {}
         fit_v = fine_stage(backend, new, fit_c, opts) if new else {}
         write_stage_file(fit_v.values(), out / "gate_fit" / "verdicts.jsonl")
         fit = (list(opts.gate_traces), fit_c, fit_v)
@@ -225,8 +231,11 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
     for stage, path in (("fine", cand_path), ("report", verdict_path)):
         if first >= STAGES.index(stage) and not path.exists():
             raise SystemExit(f"error: --from {start} needs {path} from an earlier run")
-    cands = (coarse_stage(coarse_run, traces, opts.top_k, cand_path) if first == 0
-             else read_stage_rows(cand_path, CANDIDATES_SCHEMA))
+    if first == 0:  # each trace's DHCG is built once, here or by the coarse stage
+        cands, graphs = coarse_stage(coarse_run, traces, opts.top_k, cand_path)
+    else:
+        cands, graphs = read_stage_rows(cand_path, CANDIDATES_SCHEMA), {
+            t.trace_id: build_dhcg(t) for t in traces}
     if first <= 1:
         verdicts = gated_fine_stage(backend, traces, cands, opts, out, coarse_run)
         write_stage_file((verdicts[t.trace_id] for t in traces if t.trace_id in verdicts),
@@ -235,10 +244,12 @@ def run_pipeline(traces: list[Trace], out: Path, start: str, coarse_run: Path | 
     else:
         verdicts = read_stage_rows(verdict_path, VERDICT_SCHEMA)
     report = evaluate_and_write(traces, methods_of(verdicts, cands), cands, opts.top_k,
-                                opts.threshold, opts.seed, out / "eval.json", out / "eval.md")
+                                opts.threshold, opts.seed, out / "eval.json", out / "eval.md",
+                                graphs)
     if opts.html:
         from astra_eval.html_report import write_reports
-        index = write_reports(out / "report", traces, cands, verdicts, report, opts.threshold)
+        index = write_reports(out / "report", traces, cands, verdicts, report, opts.threshold,
+                              graphs=graphs)
         print(f"report: {index.resolve().as_uri()}")
     return cands, verdicts, report
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from astra_eval import svg
 from astra_eval.html_page import Markup, html_table, json_script, page, page_name
 from astra_eval.markdown import COLUMNS, cell, summary_rows
-from data_gen.dhcg import EDGE_TYPES, NODE_TYPES, build_dhcg
+from data_gen.dhcg import DHCG, EDGE_TYPES, NODE_TYPES, build_dhcg
 from data_gen.marks import not_agents, single_agent
 from data_gen.stage_files import SINGLE_AGENT
 from data_gen.trace import Trace, normalise_agent as norm
@@ -118,10 +118,10 @@ def _not_agents(trace: Trace) -> str:
 
 
 def trace_page(trace: Trace, cands: dict | None, verdict: dict | None, threshold: float = 0.0,
-               back: str | None = "../index.html") -> str:
-    """Who failed where in one trace, with the evidence laid out: verdict, timeline, DHCG,
-    scores and every step's text."""
-    g = build_dhcg(trace)
+               back: str | None = "../index.html", graph: DHCG | None = None) -> str:
+    """Who failed where in one trace, with the evidence laid out: verdict, timeline, DHCG
+    (`graph`, built here when not given), scores and every step's text."""
+    g = build_dhcg(trace) if graph is None else graph
     top = {a["agent"] for a in (cands or {}).get("agents", [])}
     scores = {s["step"]: s["score"] for a in (cands or {}).get("agents", []) for s in a["steps"]}
     texts = [s.content[:160] for s in trace.steps]
@@ -272,15 +272,17 @@ def _labelling_section(traces: list[Trace], verdicts: dict[str, dict],
 
 def write_reports(out: Path, traces: list[Trace], candidates: dict[str, dict],
                   verdicts: dict[str, dict], report: dict | None, threshold: float,
-                  progress: bool = True) -> Path:
-    """`out/index.html` and `out/traces/<trace>.html`; returns the index path."""
+                  progress: bool = True, graphs: dict[str, DHCG] | None = None) -> Path:
+    """`out/index.html` and `out/traces/<trace>.html` (each trace's graph from `graphs` when
+    given); returns the index path."""
     from tqdm import tqdm
     (out / "traces").mkdir(parents=True, exist_ok=True)
     links = {}
     for t in tqdm(traces, desc="reports", unit="trace", disable=not progress):
         name = page_name(t.trace_id)
         (out / "traces" / name).write_text(trace_page(
-            t, candidates.get(t.trace_id), verdicts.get(t.trace_id), threshold), "utf-8")
+            t, candidates.get(t.trace_id), verdicts.get(t.trace_id), threshold,
+            graph=(graphs or {}).get(t.trace_id)), "utf-8")
         links[t.trace_id] = f"traces/{name}"
     index = out / "index.html"
     index.write_text(run_page(traces, verdicts, report, threshold, links), "utf-8")

@@ -161,11 +161,12 @@ def first_invocation(trace: Trace, g: DHCG | None = None) -> int:
     return calls[0] if calls else team_steps(g)[0]
 
 
-def baseline_verdicts(traces: list[Trace], ours: dict[str, dict], seed: int = 0
-                      ) -> dict[str, dict[str, dict]]:
+def baseline_verdicts(traces: list[Trace], ours: dict[str, dict], seed: int = 0,
+                      graphs: dict[str, DHCG] | None = None) -> dict[str, dict[str, dict]]:
     """The trivial baselines, as verdicts: the agent with most steps and its first step; our
     predicted agent and its first step; the first tool call or code block
-    (`first_invocation`); a random agent and one of its steps (seeded)."""
+    (`first_invocation`, on the trace's graph in `graphs` when given); a random agent and one
+    of its steps (seeded)."""
     rng = random.Random(seed)
     out: dict[str, dict[str, dict]] = {"most frequent agent, its first step": {},
                                        "predicted agent, its first step": {},
@@ -184,7 +185,7 @@ def baseline_verdicts(traces: list[Trace], ours: dict[str, dict], seed: int = 0
         mine = next((a for a in t.agents if v and norm(a) == norm(v["agent"])), None)
         if mine is not None:
             out["predicted agent, its first step"][t.trace_id] = verdict(t, mine, first[mine])
-        s = t.steps[first_invocation(t)]
+        s = t.steps[first_invocation(t, (graphs or {}).get(t.trace_id))]
         out[FIRST_INVOCATION][t.trace_id] = verdict(t, s.agent, s.index)
         pick = rng.choice(t.agents)
         steps = [s.index for s in t.steps if s.agent == pick]
@@ -215,17 +216,19 @@ def mark_changes(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) ->
 def evaluate(traces: list[Trace], methods: dict[str, dict[str, dict]],
              candidates: dict[str, dict], k: int = 3, threshold: float = 0.0,
              seed: int = 0, subset: Callable[[Trace], str] | None = None,
-             changed_from: str | None = None) -> dict[str, Any]:
+             changed_from: str | None = None, graphs: dict[str, DHCG] | None = None
+             ) -> dict[str, Any]:
     """The whole evaluation (`astra.eval/v1`): each of our methods (name → verdicts by trace id;
     the first is the primary one) and the baselines, overall and per subset; the primary
     method's per-record outcomes and the curves the report draws. Unlabelled traces are
     skipped. Our methods share the coarse candidates for top-K recall. `subset` names each
     trace's subset (default: `subset_of`, its source format and topology). `changed_from`: one
     of `methods` (the coarse stage alone) against which the others' changed verdicts are
-    counted, and how many of those changes are right."""
+    counted, and how many of those changes are right. `graphs`: the traces' DHCGs by trace id,
+    when the caller has them already."""
     labelled = [t for t in traces if t.label is not None]
     primary = next(iter(methods))
-    baselines = baseline_verdicts(labelled, methods[primary], seed)
+    baselines = baseline_verdicts(labelled, methods[primary], seed, graphs)
     scored = {m: [score_record(t, vs.get(t.trace_id),
                                candidates.get(t.trace_id) if m in methods else None, k, threshold,
                                subset or subset_of)

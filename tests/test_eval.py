@@ -244,6 +244,36 @@ def test_run_writes_every_stage_and_restarts_from_each(pipeline_run, tmp_path, c
     assert "needs" in capsys.readouterr().err
 
 
+def test_a_run_builds_each_trace_graph_once(coarse_run, tmp_path, monkeypatch):
+    """Features, the baselines' first tool call and the report share one DHCG per trace."""
+    import shutil
+
+    from astra_cli import pipeline_commands
+    from astra_cli.main import main
+    from astra_eval import html_report, scoring
+    from astra_jax import features
+    from data_gen import dhcg
+
+    built = []
+
+    def counted(trace):
+        built.append(trace.trace_id)
+        return dhcg.build_dhcg(trace)
+
+    for module in (features, scoring, html_report, pipeline_commands):
+        monkeypatch.setattr(module, "build_dhcg", counted)
+    run = tmp_path / "run"  # no feature cache: every graph is built in this run
+    shutil.copytree(coarse_run, run, ignore=shutil.ignore_patterns("feature_cache"))
+    logs = [str(DEV / f"{i}.json") for i in (1, 2, 3)]
+    assert main(["run", *logs, "--coarse", str(run), "--out", str(tmp_path / "out")]) == 0
+    # (loading a run's checkpoints featurises a one-step shape-only trace, "sample")
+    assert sorted(b for b in built if b != "sample") == ["1", "2", "3"]
+    built.clear()
+    assert main(["run", *logs, "--from", "report", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(built) == ["1", "2", "3"]
+    assert len(list((tmp_path / "out" / "report" / "traces").glob("*.html"))) == 3
+
+
 def _check_page(page: Path, png: Path):
     r = render(page, png)
     assert r.body_attr("data-ready") == "1", "the page's script did not finish"
