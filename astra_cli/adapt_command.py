@@ -75,7 +75,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         return 2
     cfg = dataclasses.replace(start_config(init), epochs=args.epochs, seed=args.seed,
                               real_weight=args.real_weight, init=str(init.resolve()))
-    work.mkdir(parents=True, exist_ok=True)
+    mismatch = claim_work_dir(work, {
+        "init": str(init.resolve()), "epochs": args.epochs, "replay": args.replay,
+        "real_weight": args.real_weight, "members": args.members, "seed": args.seed,
+        "folds": None if args.no_cv else args.folds,
+        "logs": sorted(f"{t.trace_id}:{t.label.agent}:{t.label.step}" for t in logs)})
+    if mismatch:
+        print(f"error: {work} holds a run with other {', '.join(mismatch)}; rerun with the "
+              f"same, or give --work a new directory", file=sys.stderr)
+        return 2
     print(f"== 1. {args.replay} simulated traces to replay beside your {len(logs)} logs")
     replay = replay_traces(args.replay, work / "replay.jsonl")
     eval_json = None
@@ -92,6 +100,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     train_final(cfg, args.members, replay, logs, run, args.jobs)
     export(run, eval_json, args)
     return 0
+
+
+def claim_work_dir(work: Path, settings: dict) -> list[str]:
+    """Record `settings` in `work/adapt.json`, or name those that differ from the ones recorded
+    there: a rerun resumes only the same run (the same logs, labels and recipe)."""
+    path = work / "adapt.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        return [k for k in settings if before.get(k) != settings[k]]
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1))
+    return []
 
 
 def start_config(init: Path):

@@ -67,6 +67,22 @@ def test_adapt_cross_validates_exports_and_resumes(start, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("resuming from epoch 1") == 4  # three folds and the final model
     assert (work / "model" / "metrics.jsonl").read_text() == log_lines
+    # other settings or labels never resume into the same directory
+    assert main([*args[:-2], "--folds", "2"]) == 2
+    assert "holds a run with other folds" in capsys.readouterr().err
+    assert main([*args, "--epochs", "2", "--labels", str(relabel(tmp_path))]) == 2
+    assert "holds a run with other epochs, logs" in capsys.readouterr().err
+
+
+def relabel(tmp_path):
+    """A labels file that moves one log's label."""
+    from data_gen.readers import load_traces
+    trace = load_traces(LOGS[0]).traces[0]
+    step = next(s for s in trace.steps if s.agent != trace.label.agent)
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"schema": "astra.labels/v1", "trace_id": trace.trace_id,
+                                "agent": step.agent, "step": step.index}) + "\n")
+    return path
 
 
 def test_adapt_fine_tunes_each_member_from_its_own_member_of_the_file(start, tmp_path):
