@@ -51,8 +51,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    "float16 (`make model` writes the package's shipped model this way)")
     d.add_argument("--tiny-pretrain-steps", type=int, default=150)
     d.add_argument("--tiny-lora-steps", type=int, default=300,
-                   help="LoRA steps of the tiny model: at 60 none of its answers is valid JSON, "
-                   "at 300 all of them are (about 80 s)")
+                   help="LoRA steps of the tiny model (about 80 s): at 60 none of its answers "
+                   "was JSON; at 300 they are, though few name an agent and step of the trace")
     d.add_argument("--threshold", type=float, default=0.5,
                    help="confidence below which a verdict is reported as unsure")
     d.set_defaults(func=cmd_demo, compiles=True)

@@ -9,12 +9,11 @@ them. Repeated over seeds (each draws its folds, order and models anew), beside 
 `astra eval` on the same logs. Prints a table, writes `OUT/learning_curve.json` and a plot
 `OUT/learning_curve.svg`; resumes (a finished point is read back).
 
-    .venv/bin/python bench/learning_curve.py [--logs data/who_and_when] [--init runs/model/sim_coarse]
-        [--sim runs/replay300.jsonl] [--sizes 0 10 25 50 all] [--seeds 3] [--folds 3] [--out DIR]
+    .venv/bin/python bench/learning_curve.py [--logs data/who_and_when] [--init MODEL_OR_RUN]
+        [--sim REPLAY.jsonl] [--sizes 0 10 25 50 all] [--seeds 3] [--folds 3] [--out DIR]
 
-`--init` and `--sim` default to what `make model` leaves: its pre-trained ensemble and 300 of
-its simulated traces (written on first use from `runs/model/sim.jsonl` by the recipe's replay
-rule, the held-out topology left out).
+`--init` defaults to the shipped simulated pre-training and `--sim` to 300 simulated traces
+generated as `astra adapt` generates them, so it runs right after install.
 """
 from __future__ import annotations
 
@@ -27,29 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
+from astra_cli.adapt_command import replay_traces
 from astra_cli.cv_command import Fold, cross_validate, kfold, labelled_logs
-from astra_cli.recipe import Recipe, replay_sample
+from astra_cli.recipe import Recipe
 from astra_cli.table import format_table
 from astra_eval.folds import framework_of
 from astra_eval.scoring import FIRST_INVOCATION
 from astra_jax.configs import TrainConfig
-from data_gen.readers import load_traces, write_traces
+from astra_jax.export import PRETRAINED_MODEL
+from data_gen.readers import load_traces
 from data_gen.trace import Trace
 
 RULES = ("predicted agent, its first step", FIRST_INVOCATION,
          "most frequent agent, its first step", "random")
-HELD_OUT_TOPOLOGY = "crewai-hierarchical"
-
-
-def replay_file(path: Path, sim_all: Path, n: int) -> Path:
-    """`path`, written first from `sim_all` as the recipe picks its replay, if missing."""
-    if not path.is_file():
-        if not sim_all.is_file():
-            sys.exit(f"error: {path} and {sim_all} are missing: run `make model` first, or pass "
-                     f"--sim with simulated traces")
-        sim = [t for t in load_traces(sim_all).traces if t.system.topology != HELD_OUT_TOPOLOGY]
-        write_traces(replay_sample(sim, n), path)
-    return path
 
 
 def curve_folds(logs: list[Trace], framework: str, n: int | None, k: int, seed: int
@@ -130,17 +119,22 @@ def svg_plot(rows: list[dict], path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--logs", nargs="+", type=Path, default=[Path("data/who_and_when")])
-    p.add_argument("--init", type=Path, default=Path("runs/model/sim_coarse"))
-    p.add_argument("--sim", type=Path, default=Path("runs/replay300.jsonl"))
+    p.add_argument("--init", type=Path, default=PRETRAINED_MODEL,
+                   help="the starting point (default: the shipped simulated pre-training)")
+    p.add_argument("--sim", type=Path, help="simulated traces to replay (default: 300 generated "
+                   "as `astra adapt` does, in OUT/replay.jsonl)")
     p.add_argument("--sizes", nargs="+", default=["0", "10", "25", "50", "all"])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("runs/learning_curve"))
     args = p.parse_args()
-    if not args.init.exists():
-        sys.exit(f"error: {args.init} is missing: run `make model` first, or pass --init")
+    for path in (args.init, args.sim):
+        if path is not None and not path.exists():
+            sys.exit(f"error: {path} is missing")
     recipe = Recipe()
-    sim = load_traces(replay_file(args.sim, Path("runs/model/sim.jsonl"), recipe.replay)).traces
+    args.out.mkdir(parents=True, exist_ok=True)
+    sim = (load_traces(args.sim).traces if args.sim
+           else replay_traces(recipe.replay, args.out / "replay.jsonl"))
     logs = labelled_logs(load_traces(args.logs).traces)
     cfg = TrainConfig(epochs=recipe.real_epochs, real_weight=recipe.real_weight,
                       init=str(args.init.resolve()))
