@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from astra_cli.coarse_commands import DEFAULT_JOBS, usable_for_training
-from astra_cli.cv_command import cross_validate, kfold, labelled_logs, member_specs
+from astra_cli.cv_command import cross_validate, kfold, labelled_logs
 from astra_cli.data_commands import add_labels_arg, load_labelled, positive_int, run_gen, share
-from astra_cli.recipe import Recipe, replay_sample
+from astra_cli.recipe import Recipe, fine_tune, replay_sample
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
@@ -97,7 +97,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     print(f"== 3. the model: {init.name} fine-tuned on all {len(logs)} logs and {len(replay)} "
           f"simulated traces")
     run = work / "model"
-    train_final(cfg, args.members, replay, logs, run, args.jobs)
+    fine_tune(cfg, args.members, replay, logs, run, jobs=args.jobs)
     export(run, eval_json, args)
     return 0
 
@@ -135,17 +135,6 @@ def replay_traces(n: int, path: Path) -> list[Trace]:
         run_gen(GenConfig(n_tasks=want["tasks"], seed=0), path)
         meta.write_text(json.dumps(want))
     return replay_sample(load_traces(path).traces, n)
-
-
-def train_final(cfg, members: int, replay: list[Trace], logs: list[Trace], run: Path,
-                jobs: int) -> None:
-    from astra_jax.features import featurise, make_embedder
-    from astra_jax.ensembles import train_members
-
-    feats = featurise(replay + logs, make_embedder(cfg.embedder), run / "feature_cache",
-                      True, cfg.dropped)
-    train_members(member_specs(cfg, None, members, replay, feats[:len(replay)], logs,
-                               feats[len(replay):]), [], [], run, jobs=jobs)
 
 
 def export(run: Path, eval_json: Path | None, args: argparse.Namespace) -> None:

@@ -219,7 +219,7 @@ def cross_validate(logs: list[Trace], sim: list[Trace], cfg, folds: list[Fold], 
     fold_rows = [row for _, row in results]
     scored = [logs[j] for f in folds for j in f.test]
     write_stage_file((cands[t.trace_id] for t in scored), out / "candidates.jsonl")
-    method = (f"ASTRA-JAX coarse, leave-one-framework-out" if by_framework
+    method = ("ASTRA-JAX coarse, leave-one-framework-out" if by_framework
               else f"ASTRA-JAX coarse, {len(folds)}-fold CV")
     report = evaluate(scored, {method: {t: coarse_verdict(c) for t, c in cands.items()}}, cands,
                       top_k, subset=subset)

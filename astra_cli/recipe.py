@@ -52,10 +52,9 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     their paths and the cross-validation report. `base` (a TrainConfig; default: the
     defaults) gives the model and every setting the recipe does not set."""
     from astra_cli.coarse_commands import DEFAULT_JOBS
-    from astra_cli.cv_command import (cross_validate, framework_folds, kfold, member_specs,
-                                      real_only_config)
+    from astra_cli.cv_command import cross_validate, framework_folds, kfold, real_only_config
     from astra_jax.configs import TrainConfig
-    from astra_jax.ensembles import train_ensemble, train_members
+    from astra_jax.ensembles import train_ensemble
     from astra_jax.features import featurise, make_embedder
 
     cfg = dataclasses.replace(base or TrainConfig(), epochs=recipe.sim_epochs, seed=recipe.seed)
@@ -89,8 +88,22 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
                         by_framework=by_framework)
     say(f"== the coarse model: the simulated model fine-tuned on all {len(real)} logs and "
         f"{len(replay)} simulated traces{paired}")
-    feats = featurise(replay + real, emb, run / "feature_cache", progress)
-    train_members(member_specs(real_cfg, real_only, recipe.members, replay, feats[:len(replay)],
-                               real, feats[len(replay):]), [], [], run, progress,
-                  jobs=DEFAULT_JOBS)
+    fine_tune(real_cfg, recipe.members, replay, real, run, real_only, progress)
     return {"sim_run": sim_run, "run": run, "cv": cv}
+
+
+def fine_tune(cfg, members: int, replay: list[Trace], logs: list[Trace], run: Path,
+              real_only=None, progress: bool = True, jobs: int | None = None) -> None:
+    """The recipe's last step, for `astra demo` and `astra adapt` alike: `members` models
+    fine-tuned from `cfg.init` on `logs` with `replay` beside them (and, with `real_only`, as
+    many trained on the logs alone), into `run`."""
+    from astra_cli.coarse_commands import DEFAULT_JOBS
+    from astra_cli.cv_command import member_specs
+    from astra_jax.ensembles import train_members
+    from astra_jax.features import featurise, make_embedder
+
+    feats = featurise(replay + logs, make_embedder(cfg.embedder), run / "feature_cache",
+                      progress, cfg.dropped)
+    train_members(member_specs(cfg, real_only, members, replay, feats[:len(replay)], logs,
+                               feats[len(replay):]), [], [], run, progress,
+                  jobs=DEFAULT_JOBS if jobs is None else jobs)

@@ -5,7 +5,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 
 from data_gen.labels import (LABELS_SCHEMA, SidecarLabel, apply_labels, read_labels, same_file,
                              write_labels)

@@ -1,7 +1,6 @@
 """Learning from real labels: failed-run detection, step evidence, mixing, cross-validation."""
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

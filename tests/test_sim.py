@@ -8,9 +8,9 @@ from data_gen.sim.engine import (PLAN_FAULTS, Fault, build_plan, decisive_step, 
                                  eligible_steps, execute, first_steps)
 from data_gen.sim.generate import MAX_STEPS, GenConfig, generate, simulate_task
 from data_gen.sim.render import render_step
-from data_gen.sim.teams import RESULT_STYLES, TEAMS, TOOL_ROLE
+from data_gen.sim.teams import RESULT_STYLES, TEAMS
 from data_gen.sim.tools import TOOLS, random_walk
-from data_gen.stats import STATS_HEADERS, label_positions, n_agents, stats_rows
+from data_gen.stats import STATS_HEADERS, TOOL_ROLE, label_positions, n_agents, stats_rows
 from data_gen.trace import FAULT_MODES, check_trace
 
 YEAR = re.compile(r"\b(?:19|20)\d\d\b")

@@ -17,8 +17,9 @@ from typing import Callable, Iterator
 from data_gen.sim.engine import (LABEL_MODE, PLAN_FAULTS, Fault, Plan, Run, build_plan,
                                  decisive_step, draw_choices, eligible_steps, execute, first_steps)
 from data_gen.sim.render import TOPICS, render_step, show
-from data_gen.sim.teams import TEAMS, TOOL_ROLE, Team, draw_team
+from data_gen.sim.teams import TEAMS, Team, draw_team
 from data_gen.sim.tools import random_walk
+from data_gen.stats import TOOL_ROLE  # AgentSpec.role of every tool entity in simulated traces
 from data_gen.trace import (FAULT_MODES, VARIANTS, AgentSpec, Label, Outcome, Step, System, Task,
                             ToolCall, Trace)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from data_gen.stats import TOOL_ROLE  # AgentSpec.role of every tool entity in simulated traces
 
 # how tool output is written: the prefixes two frameworks use, bare JSON, plain text, a tag, and
 # a harness that repeats the whole history in every user turn
