@@ -2,7 +2,7 @@
 with the highest product of agent and step scores) and which of its steps (the likeliest, or
 the agent's first step when the model gives it at least a share `ratio` of the likeliest's
 score). Scored strictly on the out-of-fold candidates of `astra cv` runs, per held-out
-subset, mean over the runs given (one per seed); nothing is trained, so the rule chosen here
+subset, mean over the runs given that scored it (one per seed); nothing is trained, so the rule chosen here
 can be checked against any cross-validation run.
 
     .venv/bin/python bench/step_choice.py CV_DIR [CV_DIR ...] [--logs data/who_and_when]
@@ -58,6 +58,14 @@ def main() -> int:
     traces = {t.trace_id: t for t in load_traces(args.logs).traces if t.label is not None}
     runs = cv_runs(args.cv_dirs)
     cands = [read_stage_rows(r / "candidates.jsonl", CANDIDATES_SCHEMA) for r in runs]
+    for run, c in zip(runs, cands):  # ids alone can match another folder's logs
+        foreign = [t for t, cd in c.items() if t in traces and not {
+            a["agent"] for a in cd["agents"]} <= set(traces[t].agents)]
+        if foreign or not any(t in traces for t in c):
+            what = (f"candidates of trace {foreign[0]!r} name agents its log does not have"
+                    if foreign else "no candidates of a labelled log here")
+            sys.exit(f"error: {run}: {what} in {' '.join(map(str, args.logs))}; pass --logs "
+                     f"with the logs that run scored")
     subsets = sorted({framework_of(traces[tid]) for c in cands for tid in c if tid in traces})
     rows = []
     for rule in ("likeliest agent", "product of agent and step"):
@@ -71,8 +79,9 @@ def main() -> int:
                           for t, cd in c.items() if t in traces and
                           framework_of(traces[t]) == sub
                           for a, s in [choose(cd, rule, ratio)]]
-                    agent.append(np.mean([x for x, _ in ok]))
-                    step.append(np.mean([y for _, y in ok]))
+                    if ok:  # a run that scored logs of this subset (in-framework runs: one)
+                        agent.append(np.mean([x for x, _ in ok]))
+                        step.append(np.mean([y for _, y in ok]))
                 row += [f"{np.mean(agent):.3f}", f"{np.mean(step):.3f} ± {np.std(step):.3f}"]
             rows.append(row)
     head = ["agent by", "first-step ratio"] + [f"{s}: {w}" for s in subsets
