@@ -17,8 +17,8 @@ from pathlib import Path
 
 from astra_cli.coarse_commands import DEFAULT_JOBS, usable_for_training
 from astra_cli.cv_command import cross_validate, kfold, labelled_logs
-from astra_cli.data_commands import add_labels_arg, load_labelled, positive_int, run_gen, share
-from astra_cli.recipe import Recipe, fine_tune, replay_sample
+from astra_cli.data_commands import add_labels_arg, load_labelled, positive_int, run_gen
+from astra_cli.recipe import Recipe, add_fine_tune_args, fine_tune, replay_sample
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
@@ -47,12 +47,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="skip the cross-validation (the model file then says nothing of how "
                    "good it is)")
     a.add_argument("--epochs", type=positive_int, default=Recipe.real_epochs)
-    a.add_argument("--replay", type=int, default=Recipe.replay,
-                   help="simulated traces replayed beside your logs (0: none)")
-    a.add_argument("--real-weight", type=share, default=Recipe.real_weight,
-                   help="your logs' share of each epoch (they are repeated to reach it)")
-    a.add_argument("--members", type=positive_int, default=Recipe.members,
-                   help="models trained with different seeds, their predictions averaged")
+    add_fine_tune_args(a)
     a.add_argument("--seed", type=int, default=Recipe.seed)
     a.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS,
                    help="trainings at once (threads sharing the compiled programs)")
@@ -76,7 +71,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(start_config(init), epochs=args.epochs, seed=args.seed,
                               real_weight=args.real_weight, init=str(init.resolve()))
     mismatch = claim_work_dir(work, {
-        "init": str(init.resolve()), "epochs": args.epochs, "replay": args.replay,
+        "init": cfg.init, "epochs": args.epochs, "replay": args.replay,
         "real_weight": args.real_weight, "members": args.members, "seed": args.seed,
         "folds": None if args.no_cv else args.folds,
         "logs": sorted(f"{t.trace_id}:{t.label.agent}:{t.label.step}" for t in logs)})
@@ -140,17 +135,16 @@ def replay_traces(n: int, path: Path) -> list[Trace]:
 def export(run: Path, eval_json: Path | None, args: argparse.Namespace) -> None:
     """Write the model file, its header holding the cross-validated table, and print that
     table and how to use the file."""
-    from astra_cli.coarse_commands import load_coarse
-    from astra_jax.export import export_model, run_provenance
+    from astra_cli.coarse_commands import export_run
+    from astra_jax.export import run_provenance
 
-    cfg, members, _ = load_coarse(run)
     command = (f"astra adapt {' '.join(map(str, args.logs))} --out {args.out} --epochs "
                f"{args.epochs} --replay {args.replay} --real-weight {args.real_weight} "
                f"--members {args.members} --seed {args.seed}"
                + (" --no-cv" if args.no_cv else f" --folds {args.folds}")
                + "".join(f" --labels {f}" for f in args.labels)
                + (f" --init {args.init}" if args.init else ""))
-    export_model(cfg, members, args.out, run_provenance(run, eval_json, command))
+    export_run(run, args.out, run_provenance(run, eval_json, command))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     if eval_json is not None:
         report = json.loads(eval_json.read_text())

@@ -311,12 +311,19 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from astra_jax.export import export_model, run_provenance
+def export_run(run: Path, out: Path, provenance: dict, dtype: str = "float32") -> dict:
+    """Write a run or ensemble (`astra train`, `astra demo`, `astra adapt`) as one model file;
+    returns its header."""
+    from astra_jax.export import export_model
+    cfg, members, _ = load_coarse(run)
+    return export_model(cfg, members, out, provenance, dtype)
 
-    cfg, members, _ = load_coarse(args.run)
-    provenance = run_provenance(args.run, args.eval, args.command)
-    header = export_model(cfg, members, args.out, provenance, args.dtype)
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from astra_jax.export import run_provenance
+
+    header = export_run(args.run, args.out, run_provenance(args.run, args.eval, args.command),
+                        args.dtype)
     size = args.out.stat().st_size
     print(f"wrote {args.out}: {header['members']} member(s), {size / 1e6:.2f} MB ({args.dtype})")
     return 0

@@ -5,8 +5,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, share, validate_paths
-from astra_cli.recipe import Recipe
+from astra_cli.data_commands import DEV_LOGS, positive_int, run_gen, validate_paths
+from astra_cli.recipe import Recipe, add_fine_tune_args
 from astra_cli.table import format_table
 from data_gen.readers import load_traces
 from data_gen.sim.generate import GenConfig
@@ -33,14 +33,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="cross-validation folds over the development logs")
     d.add_argument("--real-epochs", type=positive_int, default=Recipe.real_epochs,
                    help="epochs of fine-tuning on real logs (each fold, and the final model)")
-    d.add_argument("--replay", type=int, default=Recipe.replay,
-                   help="simulated traces replayed beside the real logs when fine-tuning, so "
-                   "the model keeps the simulated task (0: none)")
-    d.add_argument("--real-weight", type=share, default=Recipe.real_weight,
-                   help="the real logs' share of each fine-tuning epoch (real logs are repeated "
-                   "to reach it, at least once each)")
-    d.add_argument("--members", type=positive_int, default=Recipe.members,
-                   help="coarse models trained with different seeds, their predictions averaged")
+    add_fine_tune_args(d)
     d.add_argument("--real-only-epochs", type=int, default=Recipe.real_only_epochs,
                    help="pair each member with one trained this many epochs on the real logs "
                    "alone (0: none)")
@@ -198,11 +191,10 @@ def _export(args: argparse.Namespace, run: Path, recipe) -> None:
     cross-validated table, and compare it with the model it replaces, if any."""
     from dataclasses import asdict
 
-    from astra_cli.coarse_commands import load_coarse
-    from astra_jax.export import export_model, read_header, run_provenance
+    from astra_cli.coarse_commands import export_run
+    from astra_jax.export import read_header, run_provenance
 
     before = _evaluation_of(args.export)
-    cfg, members, _ = load_coarse(run)
     command = (f"astra demo --coarse-only --tasks {args.tasks} --seed {args.seed} "
                f"--members {recipe.members} --epochs {recipe.sim_epochs} --real-epochs "
                f"{recipe.real_epochs} --replay {recipe.replay} --real-weight {recipe.real_weight} "
@@ -211,7 +203,7 @@ def _export(args: argparse.Namespace, run: Path, recipe) -> None:
                f"--dev-logs {args.dev_logs.name}")
     provenance = run_provenance(run, args.out / "cv" / "eval.json", command)
     provenance["recipe"] = asdict(recipe)
-    export_model(cfg, members, args.export, provenance, dtype="float16")  # half the size
+    export_run(run, args.export, provenance, dtype="float16")  # half the size
     print(f"wrote the coarse model to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
     if before:
         _compare("the model replaced", before, read_header(args.export)[0]["evaluation"])

@@ -7,11 +7,14 @@ replays a sample of the simulated traces beside the real logs: without it the mo
 the simulated task (docs/coarse_stage.md)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from astra_cli.coarse_commands import DEFAULT_JOBS
+from astra_cli.data_commands import positive_int, share
 from data_gen.trace import Trace
 
 
@@ -38,6 +41,18 @@ class Recipe:
     real_only_epochs: int = 0
 
 
+def add_fine_tune_args(p: argparse.ArgumentParser) -> None:
+    """The fine-tuning flags `astra demo` and `astra adapt` share, defaulting to the recipe."""
+    p.add_argument("--replay", type=int, default=Recipe.replay,
+                   help="simulated traces replayed beside the real logs when fine-tuning, so "
+                   "the model keeps the simulated task (0: none)")
+    p.add_argument("--real-weight", type=share, default=Recipe.real_weight,
+                   help="the real logs' share of each fine-tuning epoch (real logs are repeated "
+                   "to reach it, at least once each)")
+    p.add_argument("--members", type=positive_int, default=Recipe.members,
+                   help="coarse models trained with different seeds, their predictions averaged")
+
+
 def replay_sample(traces: list[Trace], n: int) -> list[Trace]:
     """`n` traces spread evenly over `traces` (every k-th), so every team and variant is in it."""
     if n <= 0:
@@ -51,7 +66,6 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
     """Train `out/sim_coarse`, cross-validate into `out/cv`, fine-tune `out/coarse`; returns
     their paths and the cross-validation report. `base` (a TrainConfig; default: the
     defaults) gives the model and every setting the recipe does not set."""
-    from astra_cli.coarse_commands import DEFAULT_JOBS
     from astra_cli.cv_command import cross_validate, framework_folds, kfold, real_only_config
     from astra_jax.configs import TrainConfig
     from astra_jax.ensembles import train_ensemble
@@ -93,11 +107,10 @@ def build_coarse_model(recipe: Recipe, sim_train: list[Trace], sim_val: list[Tra
 
 
 def fine_tune(cfg, members: int, replay: list[Trace], logs: list[Trace], run: Path,
-              real_only=None, progress: bool = True, jobs: int | None = None) -> None:
+              real_only=None, progress: bool = True, jobs: int = DEFAULT_JOBS) -> None:
     """The recipe's last step, for `astra demo` and `astra adapt` alike: `members` models
     fine-tuned from `cfg.init` on `logs` with `replay` beside them (and, with `real_only`, as
     many trained on the logs alone), into `run`."""
-    from astra_cli.coarse_commands import DEFAULT_JOBS
     from astra_cli.cv_command import member_specs
     from astra_jax.ensembles import train_members
     from astra_jax.features import featurise, make_embedder
@@ -105,5 +118,4 @@ def fine_tune(cfg, members: int, replay: list[Trace], logs: list[Trace], run: Pa
     feats = featurise(replay + logs, make_embedder(cfg.embedder), run / "feature_cache",
                       progress, cfg.dropped)
     train_members(member_specs(cfg, real_only, members, replay, feats[:len(replay)], logs,
-                               feats[len(replay):]), [], [], run, progress,
-                  jobs=DEFAULT_JOBS if jobs is None else jobs)
+                               feats[len(replay):]), [], [], run, progress, jobs=jobs)
