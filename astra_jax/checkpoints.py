@@ -116,25 +116,21 @@ def init_params(init: str, cfg: TrainConfig, sample: Batch):
     """The parameters to fine-tune from: the best of a trained single-model run, or one member
     of a model file (`FILE#N`, a model file alone means its first); their model, embedder and
     evidence must be this run's."""
-    if Path(init).is_file():
-        init = f"{init}{MEMBER_MARK}0"
-    member = model_file_member(init)
-    if member is not None:
-        base, members, _ = load_model(member[0])
-        if not same_parameters(base, cfg):
-            raise RunDirError(f"{member[0]}: its model, embedder or evidence differ from this "
-                              f"run's; fine-tuning needs the same")
-        if member[1] >= len(members):
-            raise RunDirError(f"{member[0]}: has {len(members)} members, no member {member[1]}")
-        like = abstract_state(cfg, sample).params
-        return jax.tree_util.tree_map(jnp.asarray, serialization.from_state_dict(
-            like, members[member[1]]))
-    run_dir = Path(init)
-    if not (run_dir / "config.json").exists():
-        raise RunDirError(f"{run_dir}: no trained model to start from (no config.json); give a "
-                          f"single run, or an ensemble member's directory")
-    base = config_from_dir(run_dir)
+    member = model_file_member(f"{init}{MEMBER_MARK}0" if Path(init).is_file() else init)
+    source = member[0] if member else Path(init)
+    if member:
+        base, members, _ = load_model(source)
+    elif (source / "config.json").exists():
+        base = config_from_dir(source)
+    else:
+        raise RunDirError(f"{source}: no trained model to start from (no config.json); give a "
+                          f"single run, an ensemble member's directory or a model file")
     if not same_parameters(base, cfg):
-        raise RunDirError(f"{run_dir}: its model, embedder or evidence differ from this run's; "
+        raise RunDirError(f"{source}: its model, embedder or evidence differ from this run's; "
                           f"fine-tuning needs the same")
-    return load_params(run_dir, base, sample)[0]
+    if not member:
+        return load_params(source, base, sample)[0]
+    if member[1] >= len(members):
+        raise RunDirError(f"{source}: has {len(members)} members, no member {member[1]}")
+    return jax.tree_util.tree_map(jnp.asarray, serialization.from_state_dict(
+        abstract_state(cfg, sample).params, members[member[1]]))

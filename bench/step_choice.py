@@ -2,8 +2,8 @@
 with the highest product of agent and step scores) and which of its steps (the likeliest, or
 the agent's first step when the model gives it at least a share `ratio` of the likeliest's
 score). Scored strictly on the out-of-fold candidates of `astra cv` runs, per held-out
-subset, mean over the runs given that scored it (one per seed); nothing is trained, so the rule chosen here
-can be checked against any cross-validation run.
+subset, mean over the runs given that scored it (one per seed); nothing is trained, so the
+rule chosen here can be checked against any cross-validation run.
 
     .venv/bin/python bench/step_choice.py CV_DIR [CV_DIR ...] [--logs data/who_and_when]
 

@@ -97,7 +97,8 @@ def test_adapt_fine_tunes_each_member_from_its_own_member_of_the_file(start, tmp
     header = read_header(out)[0]
     assert header["members"] == 2 and "evaluation" not in header
     before, after = load_model(start)[1], load_model(out)[1]
-    leaf = lambda p: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p)])  # noqa: E731
+    def leaf(params):
+        return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(params)])
     assert not np.allclose(leaf(before[0]), leaf(before[1]))  # the two seeds differ
     for b, a in zip(before, after):  # each member moved from where it started, not far
         d = np.abs(leaf(a) - leaf(b))
