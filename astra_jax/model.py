@@ -45,7 +45,8 @@ def architecture(cfg: ModelConfig) -> ModelConfig:
 
 class Outputs(NamedTuple):
     step_logit: jax.Array  # [N] fault score of each node (meaningful on step nodes)
-    agent_logit: jax.Array  # [A]
+    agent_logit: jax.Array  # [A] soft maximum of the agent's step logits + `agent_pool`
+    agent_pool: jax.Array  # [A] the agent's pooled term (its steps' mean state, projected)
     fail_logit: jax.Array  # [G]
     mode_logit: jax.Array  # [G, M]
     evidence: jax.Array  # [N] Dirichlet evidence per step node
@@ -195,6 +196,13 @@ class MoEHead(nn.Module):
         return y, balance, probs
 
 
+def receptive_hops(c: ModelConfig) -> int:
+    """How many edges upstream a node's final state reads: one per attention block
+    (`AstraMoE` runs max(spatial, temporal) rounds of a spatial and a temporal block)."""
+    return max(c.spatial_layers, c.temporal_layers) * ((c.spatial_layers > 0)
+                                                        + (c.temporal_layers > 0))
+
+
 class AstraMoE(nn.Module):
     cfg: ModelConfig
 
@@ -230,13 +238,14 @@ class AstraMoE(nn.Module):
         agent_lse = jax.ops.segment_max(step_logit, b.node_agent, n_agents)
         pooled = jax.ops.segment_sum(h * b.step_mask[:, None], b.node_agent, n_agents)
         count = jax.ops.segment_sum(b.step_mask, b.node_agent, n_agents)[:, None]
-        agent_logit = agent_lse + (nn.Dense(1)(pooled / jnp.maximum(count, 1.0))[:, 0]
-                                   * keep[b.agent_graph])
+        agent_pool = nn.Dense(1)(pooled / jnp.maximum(count, 1.0))[:, 0] * keep[b.agent_graph]
+        agent_logit = agent_lse + agent_pool
         agent_logit = jnp.where(b.agent_mask > 0, agent_logit, -1e9)
         gsum = jax.ops.segment_sum(h * node_mask[:, None], b.node_graph, n_graphs)
         gcount = jax.ops.segment_sum(node_mask, b.node_graph, n_graphs)[:, None]
         gvec = gsum / jnp.maximum(gcount, 1.0)
         fail_logit = nn.Dense(1)(nn.gelu(nn.Dense(c.d_model)(gvec)))[:, 0]
         mode_logit = nn.Dense(len(FAULT_MODES))(nn.gelu(nn.Dense(c.d_model)(gvec)))
-        return Outputs(step_logit, agent_logit, fail_logit, mode_logit, evidence, balance, probs,
+        return Outputs(step_logit, agent_logit, agent_pool, fail_logit, mode_logit, evidence,
+                       balance, probs,
                        attn if attn is not None else jnp.zeros((g.edges.shape[0], c.heads)))

@@ -10,12 +10,13 @@ from astra_jax.batching import Batch, labels_of, pack_batch
 from astra_jax.compilation import PROGRAM_SOURCES, StoredJit, shared_programs, source_digest
 from astra_jax.configs import TrainConfig
 from astra_jax.features import Featurised
-from astra_jax.losses import predictions
-from astra_jax.model import AstraMoE, ModelConfig
+from astra_jax.model import AstraMoE, ModelConfig, receptive_hops
+from astra_jax.windows import (WINDOW_STEPS, Piece, PieceOutput, batches, combine, piece_labels,
+                               split)
 from data_gen.marks import not_agents
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
-AVERAGED = ("agent_p", "step_p", "fail_p", "uncertainty")
+RAW = ("step_logit", "agent_pool", "fail_logit", "evidence")
 
 
 def stack_members(params: list[Any]) -> Any:
@@ -25,56 +26,95 @@ def stack_members(params: list[Any]) -> Any:
 
 @shared_programs(maxsize=8)
 def ensemble_step(model_cfg: ModelConfig) -> StoredJit:
-    """One compiled function for any number of members: each member's probabilities, averaged.
-    Averaging probabilities (not logits) keeps each a distribution over the trace's agents and
-    steps, and damps what one seed learnt by chance."""
+    """One compiled function for any number of members: each member's raw outputs (`RAW`),
+    stacked on a leading member axis, from which `windows.combine` makes probabilities."""
     model = AstraMoE(model_cfg)
 
     def step(stacked, b: Batch) -> dict[str, jax.Array]:
         def one(params):
-            pred = predictions(model.apply({"params": params}, b, deterministic=True), b)
-            return {k: pred[k] for k in AVERAGED}
+            out = model.apply({"params": params}, b, deterministic=True)
+            return {k: getattr(out, k) for k in RAW}
         # one member after another (not vmap): the peak memory of one member's forward pass,
         # not of all of them at once, which on a long log is most of the process's memory
-        return jax.tree_util.tree_map(lambda x: x.mean(0), jax.lax.map(one, stacked))
+        return jax.lax.map(one, stacked)
 
     return StoredJit(step, f"predict {model_cfg!r} "
                            f"{source_digest('astra_jax.predict', *PROGRAM_SOURCES)}")
+
+
+def member_outputs(raw: dict[str, np.ndarray], b: Batch, pieces: list[Piece]
+                   ) -> list[list[PieceOutput]]:
+    """`raw` outputs of a batch [members, ...] cut into [member][piece]."""
+    out: list[list[PieceOutput]] = []
+    for m in range(raw["step_logit"].shape[0]):
+        node_offset = agent_offset = 0
+        row = []
+        for gi, p in enumerate(pieces):
+            g = p.feat.graph
+            nodes = node_offset + g.step_node
+            agents = slice(agent_offset, agent_offset + len(g.agents))
+            row.append(PieceOutput(
+                step_logit=raw["step_logit"][m, nodes], step_mask=b.step_mask[nodes],
+                step_agent=g.step_agent, agent_pool=raw["agent_pool"][m, agents],
+                agent_mask=b.agent_mask[agents], evidence=raw["evidence"][m, nodes],
+                fail_logit=float(raw["fail_logit"][m, gi])))
+            node_offset += len(g.node_type)
+            agent_offset += len(g.agents)
+        out.append(row)
+    return out
+
+
+def trace_probabilities(stacked, cfg: TrainConfig, traces: list[Trace], feats: list[Featurised],
+                        window: int = WINDOW_STEPS, hops: int | None = None
+                        ) -> list[dict[str, Any]]:
+    """Each trace's `step_p` [S], `agent_p` [A], `fail_p` and `uncertainty`, the members'
+    probabilities averaged (averaging probabilities, not logits, keeps each a distribution
+    and damps what one seed learnt by chance). Long logs are predicted in windows
+    (astra_jax/windows.py, `window` steps each, with the nodes `hops` edges upstream:
+    by default the model's receptive field); pieces of many traces share batches."""
+    step = ensemble_step(cfg.model)
+    hops = receptive_hops(cfg.model) if hops is None else hops
+    pieces = [p for i, f in enumerate(feats) for p in split(i, f, hops, window)]
+    parts: dict[int, list[list[PieceOutput]]] = {}
+    for chunk in batches(pieces, cfg.batch_size):
+        b = pack_batch([p.feat for p in chunk],
+                       [piece_labels(p, labels_of(traces[p.trace])) for p in chunk],
+                       cfg.batch_size)
+        raw = jax.tree_util.tree_map(np.asarray, step(stacked, b))
+        for m, row in enumerate(member_outputs(raw, b, chunk)):
+            for p, o in zip(chunk, row):
+                members = parts.setdefault(p.trace, [])
+                if len(members) <= m:
+                    members.append([])
+                members[m].append(o)
+    out = []
+    for i in range(len(traces)):
+        each = [combine(pieces_of_member) for pieces_of_member in parts[i]]
+        out.append({k: np.mean([e[k] for e in each], axis=0) for k in each[0]})
+    return out
 
 
 def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list[Featurised],
                      k: int, model_info: dict[str, Any]) -> list[dict[str, Any]]:
     """`stacked`: the members' parameters from `stack_members` (one member is an ensemble of
     one); `model_info` is written as each record's `model` field."""
-    step = ensemble_step(cfg.model)
     out = []
-    for i in range(0, len(traces), cfg.batch_size):
-        chunk_t, chunk_f = traces[i:i + cfg.batch_size], feats[i:i + cfg.batch_size]
-        b = pack_batch(chunk_f, [labels_of(t) for t in chunk_t], cfg.batch_size)
-        pred = jax.tree_util.tree_map(np.asarray, step(stacked, b))
-        node_offset = agent_offset = 0
-        for gi, (t, f) in enumerate(zip(chunk_t, chunk_f)):
-            g = f.graph
-            a_ix = agent_offset + np.arange(len(g.agents))
-            # only agents are candidates (DHCG rule R6: tools, environment, humans never are)
-            a_ix = a_ix[~g.agent_is_env]
-            order = a_ix[np.argsort(-pred["agent_p"][a_ix], kind="stable")][:k]
-            agents = []
-            for a in order:
-                local = a - agent_offset
-                steps = np.flatnonzero(g.step_agent[:len(t.steps)] == local)
-                nodes = node_offset + g.step_node[steps]
-                ranked = sorted(zip(steps, pred["step_p"][nodes].tolist()), key=lambda x: -x[1])
-                agents.append({"agent": g.agents[local], "score": float(pred["agent_p"][a]),
-                               "steps": [{"step": int(s), "score": float(p)}
-                                         for s, p in ranked]})
-            out.append({"schema": CANDIDATES_SCHEMA, "trace_id": t.trace_id,
-                        "failure_prob": float(pred["fail_p"][gi]),
-                        "uncertainty": float(pred["uncertainty"][gi]),
-                        "agents": agents, "not_agents": not_agents(t),
-                        "single_agent": int((~g.agent_is_env).sum()) == 1, "model": model_info})
-            node_offset += len(g.node_type)
-            agent_offset += len(g.agents)
+    for t, f, pred in zip(traces, feats, trace_probabilities(stacked, cfg, traces, feats)):
+        g = f.graph
+        # only agents are candidates (DHCG rule R6: tools, environment, humans never are)
+        a_ix = np.flatnonzero(~g.agent_is_env)
+        order = a_ix[np.argsort(-pred["agent_p"][a_ix], kind="stable")][:k]
+        agents = []
+        for a in order:
+            steps = np.flatnonzero(g.step_agent[:len(t.steps)] == a)
+            ranked = sorted(zip(steps, pred["step_p"][steps].tolist()), key=lambda x: -x[1])
+            agents.append({"agent": g.agents[a], "score": float(pred["agent_p"][a]),
+                           "steps": [{"step": int(s), "score": float(p)} for s, p in ranked]})
+        out.append({"schema": CANDIDATES_SCHEMA, "trace_id": t.trace_id,
+                    "failure_prob": float(pred["fail_p"]),
+                    "uncertainty": float(pred["uncertainty"]),
+                    "agents": agents, "not_agents": not_agents(t),
+                    "single_agent": int((~g.agent_is_env).sum()) == 1, "model": model_info})
     return out
 
 

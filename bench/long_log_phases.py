@@ -4,8 +4,8 @@
 
 Phases, as `astra attribute` runs them (astra_cli/coarse_commands.py `predict_traces`): import
 and model loading, reading the log, the step text embeddings, the DHCG build, the node metadata
-and step evidence, packing into one padded batch (astra_jax/batching.py), the model's forward
-pass (astra_jax/predict.py `ensemble_step`), and the candidates. Each row gives the RSS after the
+and step evidence, the cut into windows (astra_jax/windows.py), and packing, the forward pass
+and the candidates (astra_jax/predict.py `top_k_candidates`). Each row gives the RSS after the
 phase, the peak RSS during it (Linux: VmHWM, reset before each phase through
 /proc/self/clear_refs) and, with `--tracemalloc`, the peak of Python and numpy allocations
 during it (slower). Used by `bench/long_logs.py --phases`.
@@ -61,14 +61,13 @@ def main() -> None:
     if args.tracemalloc:
         tracemalloc.start()
     _reset_peak()
-    import jax
-    import numpy as np
-
     from astra_cli.coarse_commands import load_coarse
-    from astra_jax.batching import labels_of, pack_batch
+    from astra_jax.batching import bucket_sizes
     from astra_jax.features import (Featurised, embed_steps, make_embedder, node_meta,
                                     without_evidence)
-    from astra_jax.predict import ensemble_step, stack_members, top_k_candidates
+    from astra_jax.model import receptive_hops
+    from astra_jax.predict import stack_members, top_k_candidates
+    from astra_jax.windows import batches, split
     from data_gen.dhcg import build_dhcg
     from data_gen.readers import load_valid_traces
     cfg, members, info = load_coarse(args.run)
@@ -84,22 +83,21 @@ def main() -> None:
     meta = without_evidence(node_meta(trace, g), cfg.dropped)
     feat = Featurised(g, text, meta)
     phase("node metadata + step evidence")
-    b = pack_batch([feat], [labels_of(trace)], cfg.batch_size)
-    phase("pack + pad batch")
-    step = ensemble_step(cfg.model)
-    pred = jax.tree_util.tree_map(np.asarray, step(stacked, b))
-    phase("model forward (compile cached)")
-    del b, pred
+    pieces = split(0, feat, receptive_hops(cfg.model))
+    phase("windows (astra_jax/windows.py)")
     cands = top_k_candidates(stacked, cfg, [trace], [feat], 3, info)
-    phase("candidates (packs and runs again)")
+    phase("pack, forward, combine, candidates")
     n, e = len(g.node_type), len(g.senders)
-    from astra_jax.batching import bucket_sizes
-    bn, be, ba = bucket_sizes([feat])
+    piece_nodes = sum(len(p.feat.graph.node_type) for p in pieces)
+    piece_edges = sum(len(p.feat.graph.senders) for p in pieces)
+    sizes = {bucket_sizes([p.feat for p in chunk]) for chunk in batches(pieces, cfg.batch_size)}
     from astra_cli.table import format_table
     print(format_table(("phase", "seconds", "RSS after MiB", "peak during MiB",
                         "Python/numpy peak MiB"), rows))
-    print(f"{len(trace.steps)} steps, {n} nodes, {e} edges, {len(g.agents)} agents; padded to "
-          f"{bn} nodes, {be} edges, {ba} agents; embedder {embedder.name} ({text.shape[1]}); "
+    print(f"{len(trace.steps)} steps, {n} nodes, {e} edges, {len(g.agents)} agents; "
+          f"{len(pieces)} piece(s) of {piece_nodes} nodes and {piece_edges} edges in all; "
+          f"batches padded to (nodes, edges, agents) {', '.join(map(str, sorted(sizes)))}; "
+          f"embedder {embedder.name} ({text.shape[1]}); "
           f"{len(cands[0]['agents'])} candidate agents; process peak {max(r[3] for r in rows):.0f}"
           f" MiB")
 
