@@ -49,9 +49,10 @@ class HashingEmbedder:
         for i, text in enumerate(texts):
             toks = _TOKEN.findall(text[: self.max_chars].lower())
             grams = toks + [a + " " + b for a, b in zip(toks, toks[1:])]
-            for g in grams:
-                h = zlib.crc32(g.encode())
-                out[i, h % self.dim] += 1.0 if (h >> 31) & 1 else -1.0
+            h = np.array([zlib.crc32(g.encode()) for g in grams], np.uint32)
+            # +1 or -1 per gram by its hash's top bit, summed per bucket: whole numbers, so
+            # exactly what adding them one at a time gives
+            out[i] = np.bincount(h % self.dim, np.where(h >> 31, 1.0, -1.0), self.dim)
         out = np.sign(out) * np.log1p(np.abs(out))
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
 

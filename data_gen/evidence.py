@@ -55,24 +55,29 @@ EVIDENCE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 EVIDENCE_COLUMNS = tuple(c for cols in EVIDENCE_GROUPS.values() for c in cols)
 
-_HTTP = re.compile(r"\b(?:HTTP(?: Error)?|status(?: code)?|response)\W{0,3}[45]\d\d\b|"
-                   r"\b[45]\d\d (?:Client|Server) Error\b|\b(?:404|403|500|502|503) "
-                   r"(?:Not Found|Forbidden|Internal|Bad Gateway|Service)", re.IGNORECASE)
-_FAIL = re.compile(r"\b(?:failed|failure|unable to|could not|couldn't|cannot|can't|not found|"
-                   r"did not work|didn't work)\b", re.IGNORECASE)
+# a pattern that opens with `(?=[...])` names the first characters its matches can start with:
+# the same matches, found about twice as fast (tests/test_real_labels.py)
+_HTTP = re.compile(
+    r"(?=[hsr45])\b(?:HTTP(?: Error)?|status(?: code)?|response)\W{0,3}[45]\d\d\b|"
+    r"\b[45]\d\d (?:Client|Server) Error\b|\b(?:404|403|500|502|503) "
+    r"(?:Not Found|Forbidden|Internal|Bad Gateway|Service)", re.IGNORECASE)
+_FAIL = re.compile(r"(?=[fucdn])\b(?:failed|failure|unable to|could not|couldn't|cannot|can't|"
+                   r"not found|did not work|didn't work)\b", re.IGNORECASE)
 _UNSUPPORTED = re.compile(
-    r"\b(?:as (?:i|we) recall|from (?:my |general )?memory|no need to (?:search|verify|check|"
-    r"look)|i(?:'ll| will)? assume|let'?s assume|assuming (?:that|the)|hypothetical(?:ly)?|"
-    r"simulat(?:e|ed|ing) (?:data|the|a|an)|dummy|placeholder|(?:example|sample|mock|fake) "
-    r"(?:data|values?|dataset)|based on (?:my|general|common) knowledge|i believe|probably|"
-    r"it is (?:likely|commonly known)|without (?:verifying|checking|access))", re.IGNORECASE)
-_CORRECTION = re.compile(r"\b(?:incorrect|not correct|mistake|wrong|discrepanc(?:y|ies)|"
-                         r"should be|inaccurate|error in)\b", re.IGNORECASE)
+    r"(?=[afnilhsdpembw])\b(?:as (?:i|we) recall|from (?:my |general )?memory|no need to "
+    r"(?:search|verify|check|look)|i(?:'ll| will)? assume|let'?s assume|assuming (?:that|the)|"
+    r"hypothetical(?:ly)?|simulat(?:e|ed|ing) (?:data|the|a|an)|dummy|placeholder|"
+    r"(?:example|sample|mock|fake) (?:data|values?|dataset)|based on (?:my|general|common) "
+    r"knowledge|i believe|probably|it is (?:likely|commonly known)|without (?:verifying|"
+    r"checking|access))", re.IGNORECASE)
+_CORRECTION = re.compile(r"(?=[inmwdse])\b(?:incorrect|not correct|mistake|wrong|"
+                         r"discrepanc(?:y|ies)|should be|inaccurate|error in)\b", re.IGNORECASE)
 _KEY_VALUE = re.compile(r"([A-Za-z][A-Za-z _-]{2,40}?)\s*(?:=|:|\bis\b|\bwas\b|\bare\b|"
                         r"\bequals\b)\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
 # what every match of _KEY_VALUE contains from its separator on: the full pattern is tried only
 # in a short window before each of these (it costs most of featurising when run over the text)
-_KEY_VALUE_END = re.compile(r"(?:=|:|\bis\b|\bwas\b|\bare\b|\bequals\b)\s*\$?-?\d")
+_KEY_VALUE_END = re.compile(r"(?=[=:iwae])(?:=|:|\bis\b|\bwas\b|\bare\b|\bequals\b)"
+                            r"\s*\$?-?\d")
 _KEY_MAX = 41  # the longest key _KEY_VALUE allows: a letter and up to 40 more
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 _BOLD = re.compile(r"\*\*([^*\n]{1,60})\*\*|\"([^\"\n]{2,60})\"")

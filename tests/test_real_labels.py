@@ -92,6 +92,25 @@ def test_key_values_find_what_the_full_pattern_finds_over_the_whole_text():
         assert evidence.key_values(text) == [x for x in want if x[0]], text
 
 
+def test_first_character_lookaheads_change_no_match():
+    """Each evidence pattern opening with `(?=[...])` finds what it finds without it: in real
+    and simulated steps, in upper case, and with letters that case-fold oddly."""
+    import re
+
+    from data_gen import evidence
+    steps = [s.content for t in load_traces(DEV).traces + _sim(20, 9) for s in t.steps]
+    texts = steps + [x.upper() for x in steps[:300]] + [
+        "HTTP Error 404", "Status Code: 503", "503 Service", "ſtatus 500", "\u017fhould be",
+        "İ believe", "\u212aeep", "DID NOT WORK", "Couldn't", "x=5", "area is 3", "EQUALS 4"]
+    patterns = [v for v in vars(evidence).values()
+                if isinstance(v, re.Pattern) and v.pattern.startswith("(?=[")]
+    assert len(patterns) == 5
+    for rx in patterns:
+        plain = re.compile(rx.pattern[rx.pattern.index("]") + 2:], rx.flags)
+        for text in texts:
+            assert rx.findall(text) == plain.findall(text), (rx.pattern[:30], text[:80])
+
+
 def test_evidence_is_the_same_whatever_format_a_log_came_in():
     for path in sorted(DEV.glob("*.json"))[:15]:
         t = load_traces(path).traces[0]
