@@ -30,7 +30,7 @@ from astra_jax.batching import Labels
 from astra_jax.features import Featurised
 from data_gen.dhcg import DHCG
 
-WINDOW_STEPS = 1024  # a log of at most this many steps is predicted whole
+WINDOW_STEPS = 2048  # a log of at most this many steps is predicted whole
 BATCH_NODES = 32768  # pieces share a batch up to this many nodes (one batch's memory)
 
 

@@ -45,8 +45,10 @@ NODE_TYPES = ("agent", "tool", "artifact", "environment")
 EDGE_TYPES = ("communicate", "invoke", "return", "reference", "affect", "temporal")
 TEMPORAL_WINDOW = 8  # how many past states of an entity each state attends over
 _URL = re.compile(r"https?://[^\s)\]\"'>]+")
-_FILE = re.compile(r"\b[\w./-]+\.(?:csv|xlsx|json|txt|pdf|py|md|html|png|jpg|mp3|docx)\b")
-_NUM = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")
+_EXTENSIONS = r"\.(?:csv|xlsx|json|txt|pdf|py|md|html|png|jpg|mp3|docx)\b"
+_FILE = re.compile(r"\b[\w./-]+" + _EXTENSIONS)
+_EXTENSION = re.compile(_EXTENSIONS)  # in every file name: a text without one has none
+_NUM = re.compile(r"(?=\d)(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")  # (?=: see evidence.py
 _CODE = re.compile(r"```")
 _ERR = re.compile(r"Traceback|Error\b|Exception|exitcode: [1-9]|execution failed|failed\)")
 _EXIT = re.compile(r"exitcode: (\d+)")
@@ -61,7 +63,9 @@ def has_error(step: Step) -> bool:
 
 def values_in(text: str) -> set[str]:
     """The reusable values a step shows: URLs, file names, numbers of 3+ digits (R4)."""
-    vals = set(_URL.findall(text)) | set(_FILE.findall(text))
+    vals = set(_URL.findall(text))
+    if _EXTENSION.search(text):
+        vals |= set(_FILE.findall(text))
     vals |= {n.replace(",", "") for n in _NUM.findall(text) if len(n.replace(",", "")) >= 3}
     return vals
 

@@ -61,6 +61,7 @@ _HTTP = re.compile(
     r"(?=[hsr45])\b(?:HTTP(?: Error)?|status(?: code)?|response)\W{0,3}[45]\d\d\b|"
     r"\b[45]\d\d (?:Client|Server) Error\b|\b(?:404|403|500|502|503) "
     r"(?:Not Found|Forbidden|Internal|Bad Gateway|Service)", re.IGNORECASE)
+_HTTP_CODE = re.compile(r"[45]\d\d")  # in every match of _HTTP: a text without one has none
 _FAIL = re.compile(r"(?=[fucdn])\b(?:failed|failure|unable to|could not|couldn't|cannot|can't|"
                    r"not found|did not work|didn't work)\b", re.IGNORECASE)
 _UNSUPPORTED = re.compile(
@@ -79,7 +80,7 @@ _KEY_VALUE = re.compile(r"([A-Za-z][A-Za-z _-]{2,40}?)\s*(?:=|:|\bis\b|\bwas\b|\
 _KEY_VALUE_END = re.compile(r"(?=[=:iwae])(?:=|:|\bis\b|\bwas\b|\bare\b|\bequals\b)"
                             r"\s*\$?-?\d")
 _KEY_MAX = 41  # the longest key _KEY_VALUE allows: a letter and up to 40 more
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
+_NUMBER = re.compile(r"(?=[-\d])(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 _BOLD = re.compile(r"\*\*([^*\n]{1,60})\*\*|\"([^\"\n]{2,60})\"")
 
 
@@ -150,7 +151,8 @@ def step_evidence(trace: Trace) -> np.ndarray:
         for a in own:
             if a != s.agent and _addressed(s.content, s.to, a):
                 last_addressed[a] = s.index
-        col["http_error"][s.index] = float(bool(_HTTP.search(s.content)))
+        col["http_error"][s.index] = float(bool(_HTTP_CODE.search(s.content)
+                                                and _HTTP.search(s.content)))
         col["failure_words"][s.index] = float(bool(_FAIL.search(s.content)))
         col["next_error"][s.index] = float(s.index + 1 < n and errors[s.index + 1])
         claims = len(_UNSUPPORTED.findall(s.content))

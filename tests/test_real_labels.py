@@ -93,22 +93,27 @@ def test_key_values_find_what_the_full_pattern_finds_over_the_whole_text():
 
 
 def test_first_character_lookaheads_change_no_match():
-    """Each evidence pattern opening with `(?=[...])` finds what it finds without it: in real
+    """Each evidence and graph pattern opening with a lookahead on its first character finds
+    what it finds without it, and file names are looked for only where an extension is: in real
     and simulated steps, in upper case, and with letters that case-fold oddly."""
     import re
 
-    from data_gen import evidence
+    from data_gen import dhcg, evidence
     steps = [s.content for t in load_traces(DEV).traces + _sim(20, 9) for s in t.steps]
     texts = steps + [x.upper() for x in steps[:300]] + [
         "HTTP Error 404", "Status Code: 503", "503 Service", "ſtatus 500", "\u017fhould be",
-        "İ believe", "\u212aeep", "DID NOT WORK", "Couldn't", "x=5", "area is 3", "EQUALS 4"]
-    patterns = [v for v in vars(evidence).values()
-                if isinstance(v, re.Pattern) and v.pattern.startswith("(?=[")]
-    assert len(patterns) == 5
+        "İ believe", "\u212aeep", "DID NOT WORK", "Couldn't", "x=5", "area is 3", "EQUALS 4",
+        "-12,000.5 and 7", "data.CSV", "a/b/report.final.pdf.", "1.2.3 4,5"]
+    patterns = [v for m in (dhcg, evidence) for v in vars(m).values()
+                if isinstance(v, re.Pattern) and v.pattern.startswith("(?=")]
+    assert len(patterns) == 7
     for rx in patterns:
-        plain = re.compile(rx.pattern[rx.pattern.index("]") + 2:], rx.flags)
+        plain = re.compile(rx.pattern[rx.pattern.index(")") + 1:], rx.flags)
         for text in texts:
             assert rx.findall(text) == plain.findall(text), (rx.pattern[:30], text[:80])
+    for text in texts:
+        assert bool(dhcg._FILE.findall(text)) <= bool(dhcg._EXTENSION.search(text)), text
+        assert bool(evidence._HTTP.search(text)) <= bool(evidence._HTTP_CODE.search(text)), text
 
 
 def test_evidence_is_the_same_whatever_format_a_log_came_in():
