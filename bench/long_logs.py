@@ -4,8 +4,9 @@
                               [--log data/who_and_when/Hand-Crafted/1.json] [--phases]
 
 A log of N steps repeats the steps of one real log (by default the 29-step Magentic-One log
-Hand-Crafted/1.json) until it has N, renumbered, with `refs` shifted to the copy's own steps and
-the label on the first copy: a valid native trace. `--otlp` also writes the same trace as OTLP
+Hand-Crafted/1.json) until it has N, renumbered, with `refs` shifted to the copy's own steps,
+each copy's texts tagged so that every text is distinct, and the label on the first copy: a
+valid native trace. `--otlp` also writes the same trace as OTLP
 JSON with the repo's writer (`data_gen.otlp_write.to_otlp`) and measures reading that. One warm-up
 run first fills the compile cache, so rows measure a user's second run. Each row is the best of
 `--repeats` runs by wall time; peak RSS is the child's own (`wait4`). The machine this was
@@ -33,8 +34,20 @@ ASTRA = [sys.executable, "-m", "astra_cli.main"]
 DEFAULT_LOG = ROOT / "data" / "who_and_when" / "Hand-Crafted" / "1.json"
 
 
+def copy_tag(copy: int) -> str:
+    """A word of letters that names a copy (no digits: a number would be a reusable value)."""
+    word = ""
+    while True:
+        copy, r = divmod(copy, 26)
+        word = chr(ord("a") + r) + word
+        if not copy:
+            return word
+
+
 def repeated_trace(log: Path, n_steps: int):
-    """The trace of `log` with its steps repeated (renumbered, refs shifted) to `n_steps`."""
+    """The trace of `log` with its steps repeated (renumbered, refs shifted) to `n_steps`; each
+    copy after the first ends its non-empty texts with its own tag, so that no two steps' texts
+    are alike (the featuriser embeds each distinct text once, as a real long log needs)."""
     from data_gen.readers import load_valid_traces
     from data_gen.trace import check_trace
 
@@ -43,9 +56,12 @@ def repeated_trace(log: Path, n_steps: int):
     steps = []
     for i in range(n_steps):
         s = base.steps[i % m]
-        shift = i - s.index
-        steps.append(dataclasses.replace(s, index=i, refs=tuple(r + shift for r in s.refs),
-                                         extra={}))
+        shift, copy = i - s.index, i // m
+        content = s.content
+        if copy and content.strip():
+            content = f"{content}\n(copy {copy_tag(copy)})"
+        steps.append(dataclasses.replace(s, index=i, content=content,
+                                         refs=tuple(r + shift for r in s.refs), extra={}))
     t = dataclasses.replace(base, trace_id=f"{base.trace_id}-x{n_steps}", steps=tuple(steps),
                             source={})
     if t.label is not None and t.label.step >= n_steps:
