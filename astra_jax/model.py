@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from astra_jax.batching import Batch
-from data_gen.dhcg import EDGE_TYPES, NODE_TYPES
+from data_gen.dhcg import EDGE_TYPES, NODE_TYPES, TEMPORAL
 from data_gen.trace import FAULT_MODES
 
-TEMPORAL = EDGE_TYPES.index("temporal")
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Outputs(NamedTuple):
     evidence: jax.Array  # [N] Dirichlet evidence per step node
     balance_loss: jax.Array  # []
     router_probs: jax.Array  # [N, experts]
-    attention: jax.Array  # [E, H] last spatial block's attention
+    attention: jax.Array  # [E, H] last spatial block's attention on the spatial edges
 
 
 def segment_log_softmax(logits: jax.Array, segments: jax.Array, n: int) -> jax.Array:
@@ -211,16 +210,16 @@ class AstraMoE(nn.Module):
         c, g = self.cfg, b.graph
         n_graphs, n_agents = b.graph_mask.shape[0], b.agent_mask.shape[0]
         h = MicroStateEncoder(c.d_model)(g.nodes["text"], g.nodes["meta"], g.nodes["type"])
-        spatial = b.edge_mask * (g.edges != TEMPORAL)
-        temporal = b.edge_mask * (g.edges == TEMPORAL)
+        temporal_type = jnp.full(b.temporal_senders.shape, TEMPORAL, jnp.int32)
         attn = None
         for _ in range(max(c.spatial_layers, c.temporal_layers)):
             if c.spatial_layers:
                 h, attn = EdgeAttention(c.d_model, c.heads, dropout=c.dropout)(
-                    h, g.senders, g.receivers, g.edges, spatial, b.node_step, deterministic)
+                    h, g.senders, g.receivers, g.edges, b.edge_mask, b.node_step, deterministic)
             if c.temporal_layers:
                 h, _ = EdgeAttention(c.d_model, c.heads, use_rope=True, dropout=c.dropout)(
-                    h, g.senders, g.receivers, g.edges, temporal, b.node_step, deterministic)
+                    h, b.temporal_senders, b.temporal_receivers, temporal_type, b.temporal_mask,
+                    b.node_step, deterministic)
         node_mask = (b.node_graph < n_graphs - 1).astype(jnp.float32)
         h, balance, probs = MoEHead(c.d_model, c.experts, c.router_noise)(h, node_mask,
                                                                          deterministic)

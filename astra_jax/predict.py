@@ -13,6 +13,7 @@ from astra_jax.features import Featurised
 from astra_jax.model import AstraMoE, ModelConfig, receptive_hops
 from astra_jax.windows import (WINDOW_STEPS, Piece, PieceOutput, batches, combine, piece_labels,
                                split)
+from data_gen.dhcg import TEMPORAL
 from data_gen.marks import not_agents
 from data_gen.trace import CANDIDATES_SCHEMA, Trace
 
@@ -120,9 +121,13 @@ def top_k_candidates(stacked, cfg: TrainConfig, traces: list[Trace], feats: list
 
 def internals(params, cfg: TrainConfig, trace: Trace, feat: Featurised) -> dict[str, np.ndarray]:
     """What the model looked at for one trace: the last spatial block's attention on each edge
-    [E, heads] and each node's expert routing probabilities [N, experts]. For inspection (the
-    notebooks); prediction never needs it."""
+    [E, heads] (0 on temporal edges, which that block does not read) and each node's expert
+    routing probabilities [N, experts]. For inspection (the notebooks); prediction never needs
+    it."""
     b = pack_batch([feat], [labels_of(trace)], 1)
     out = AstraMoE(cfg.model).apply({"params": params}, b)
-    n, e = len(feat.graph.node_type), len(feat.graph.senders)
-    return {"attention": np.asarray(out.attention)[:e], "routing": np.asarray(out.router_probs)[:n]}
+    g = feat.graph
+    spatial = g.edge_type != TEMPORAL
+    attention = np.zeros((len(g.senders), cfg.model.heads), np.float32)
+    attention[spatial] = np.asarray(out.attention)[:int(spatial.sum())]
+    return {"attention": attention, "routing": np.asarray(out.router_probs)[:len(g.node_type)]}

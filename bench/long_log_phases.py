@@ -96,7 +96,7 @@ def main() -> None:
                         "Python/numpy peak MiB"), rows))
     print(f"{len(trace.steps)} steps, {n} nodes, {e} edges, {len(g.agents)} agents; "
           f"{len(pieces)} piece(s) of {piece_nodes} nodes and {piece_edges} edges in all; "
-          f"batches padded to (nodes, edges, agents) {', '.join(map(str, sorted(sizes)))}; "
+          f"batches padded to (nodes, spatial edges, temporal edges, agents) {', '.join(map(str, sorted(sizes)))}; "
           f"embedder {embedder.name} ({text.shape[1]}); "
           f"{len(cands[0]['agents'])} candidate agents; process peak {max(r[3] for r in rows):.0f}"
           f" MiB")

@@ -43,6 +43,7 @@ from data_gen.trace import Step, Trace
 
 NODE_TYPES = ("agent", "tool", "artifact", "environment")
 EDGE_TYPES = ("communicate", "invoke", "return", "reference", "affect", "temporal")
+TEMPORAL = EDGE_TYPES.index("temporal")  # the kind the temporal attention reads; the rest spatial
 TEMPORAL_WINDOW = 8  # how many past states of an entity each state attends over
 _URL = re.compile(r"https?://[^\s)\]\"'>]+")
 _EXTENSIONS = r"\.(?:csv|xlsx|json|txt|pdf|py|md|html|png|jpg|mp3|docx)\b"

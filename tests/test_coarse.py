@@ -138,7 +138,7 @@ def test_a_run_plans_batches_of_one_size_that_fit_and_keep_the_order():
     # a batch ends early only when the next trace would not fit
     for b, nxt in zip(batches, batches[1:]):
         assert len(b) == 4 or (each[b].sum(0) + each[nxt[0]] >= np.array(sizes)).any()
-    small = (int(each[:, 0].max()), 10**6, 10**6)
+    small = (int(each[:, 0].max()), 10**6, 10**6, 10**6)
     try:
         plan_batches(each, order, 4, small)
     except ValueError as e:
