@@ -88,13 +88,16 @@ class MicroStateEncoder(nn.Module):
 
 
 EDGE_CHUNK = 16384  # edges at a time in inference's attention (astra_jax/predict.py)
+CHUNK_FROM = 1 << 19  # inference chunks an attention over this many edges or more
 
 
 def edge_chunks(n_edges: int) -> int:
     """In how many chunks of `EDGE_CHUNK` edges inference computes an attention over
-    `n_edges` padded edges: 1 (all at once) up to twice the chunk, or when it does not divide
-    them. A batch's per-edge [E, d_model] arrays are what a long log's memory goes to."""
-    return n_edges // EDGE_CHUNK if n_edges >= 2 * EDGE_CHUNK and not n_edges % EDGE_CHUNK else 1
+    `n_edges` padded edges: 1 (all at once) below `CHUNK_FROM`, or when the chunk does not
+    divide them. Prediction's batches (astra_jax/windows.py) stay below it, where one pass is
+    about a sixth faster; a larger batch's per-edge [E, d_model] arrays would be most of its
+    memory."""
+    return n_edges // EDGE_CHUNK if n_edges >= CHUNK_FROM and not n_edges % EDGE_CHUNK else 1
 
 
 class EdgeAttention(nn.Module):

@@ -30,7 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from data_gen.files import RawRecord
+from data_gen.files import COMPACT_CHARS, RawRecord, compacted
 from data_gen.otlp_attributes import (first_user_message, json_value, output_text, own_agent,
                                       span_role, str_attr, tool_call)
 from data_gen.otlp_spans import BadSpan, Span, spans_of
@@ -301,6 +301,9 @@ def read_otlp(raws: Iterable[RawRecord], max_chars: int = MAX_CONTENT_CHARS
         src = dict(trace.source, path=first.source)
         if first.record is not None:
             src["record"] = first.record
-        yield dataclasses.replace(trace, source=src), warnings
+        trace = dataclasses.replace(trace, source=src)
+        if sum(len(st.content) for st in trace.steps) > COMPACT_CHARS:
+            trace = compacted(trace)
+        yield trace, warnings
     for tid, e in refused.items():
         yield TraceError(f"trace {tid} not read: {e.message}", e.source, e.record, e.field)

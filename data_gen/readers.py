@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from data_gen import chat
 from data_gen.marks import Mark, with_marks
-from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records
+from data_gen.files import MAX_FILE_BYTES, RawRecord, iter_records, release_free_memory
 from data_gen.otlp_read import read_otlp
 from data_gen.otlp_spans import is_otlp
 from data_gen.otlp_write import to_otlp
@@ -251,6 +251,9 @@ def iter_traces(path: str | Path, max_chars: int = MAX_CONTENT_CHARS,
             except TraceError as e:
                 yield e
     yield from read_otlp(spans, max_chars)
+    if spans:
+        del spans
+        release_free_memory()  # the decoded OTLP files (see files.compacted)
 
 
 def load_traces(paths: str | Path | Iterable[str | Path], **kw) -> LoadReport:

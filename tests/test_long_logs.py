@@ -28,6 +28,7 @@ def test_chunked_attention_matches_the_whole_batch(monkeypatch):
     whole = model.apply({"params": members[0]}, b, deterministic=True)
     chunk = min(spatial, temporal) // 4
     monkeypatch.setattr(model_module, "EDGE_CHUNK", chunk)
+    monkeypatch.setattr(model_module, "CHUNK_FROM", 2 * chunk)
     assert model_module.edge_chunks(spatial) == spatial // chunk >= 4
     assert model_module.edge_chunks(temporal) == temporal // chunk >= 4
     chunked = model.apply({"params": members[0]}, b, deterministic=True)
@@ -46,7 +47,8 @@ def test_each_dimension_pads_to_its_own_rung():
     feats = featurise(traces, make_embedder("hashing"))
     exact, bucket = exact_sizes(feats), bucket_sizes(feats)
     assert bucket == (512, 512, 2048, 128) and all(x <= y for x, y in zip(exact, bucket))
-    assert model_module.edge_chunks(2048) == 1 and model_module.edge_chunks(3 * 2**16) == 12
+    assert model_module.edge_chunks(2048) == 1 and model_module.edge_chunks(3 * 2**16) == 1
+    assert model_module.edge_chunks(3 * 2**19) == 3 * 2**19 // model_module.EDGE_CHUNK
 
 
 def _whole_graph_probabilities(cfg, members, traces, feats):

@@ -244,6 +244,21 @@ def test_otlp_round_trips_native_and_framework_traces(langgraph_run, tmp_path):
     assert to_otlp(again) == to_otlp(framework)
 
 
+def test_a_large_trace_is_copied_out_of_its_decoded_file_unchanged(monkeypatch):
+    """Past `COMPACT_CHARS` of text a trace is read into fresh memory (files.compacted): the
+    same trace, none of its step texts the decoder's own objects."""
+    from data_gen import otlp_read
+
+    t = [t for t in _sim(4, 31) if t.label][0]
+    raw = to_otlp(t)
+    plain, _ = read_record(RawRecord("x.json", None, raw))
+    monkeypatch.setattr(otlp_read, "COMPACT_CHARS", 10)
+    copied, _ = read_record(RawRecord("x.json", None, raw))
+    assert copied == plain and len(copied.steps) > 1
+    assert all(a.content is not b.content for a, b in zip(copied.steps, plain.steps)
+               if len(a.content) > 1)
+
+
 def test_convert_to_otlp_and_back(tmp_path):
     from astra_cli.main import main
     sim = _sim(3, 32)
