@@ -1,8 +1,10 @@
 """Refusing, before any work, a log too long for this machine's memory.
 
 The coarse stage's peak memory grows linearly with a log's steps (docs/pipeline.md, "Long
-logs"): about `BASE_MIB` for the process (JAX, the model, compiled programs) plus `MIB_PER_STEP`
-per step, measured on real logs repeated to 1k-100k steps with the shipped model. A log whose
+logs"): about `BASE_MIB` for the process (JAX, the model, compiled programs), plus the batch the
+model runs on, which grows with the log up to `BATCH_MIB` (a long log runs in windows that
+share batches of bounded size), plus `MIB_PER_STEP` per step for the log, its graph and its
+features; measured on a real log repeated to 1k-100k steps with the shipped model. A log whose
 estimate exceeds the memory available (cgroup limit, else /proc/meminfo MemAvailable, else
 physical memory) would be killed by the kernel half-way, or swap the machine to a halt; it is
 refused up front instead. `--max-steps N` (or `ASTRA_MAX_STEPS=N`) sets the limit in steps
@@ -16,7 +18,9 @@ from pathlib import Path
 
 ENV = "ASTRA_MAX_STEPS"
 BASE_MIB = 400.0  # process and model, before the first step (measured: about 330 MiB)
-MIB_PER_STEP = 0.08  # measured 0.064 at 5k steps: docs/pipeline.md "Long logs" (room to spare)
+BATCH_MIB_PER_STEP = 0.1  # the batch, up to BATCH_MIB (measured: ~500 MiB at 5,000 steps)
+BATCH_MIB = 600.0
+MIB_PER_STEP = 0.012  # measured 0.008 from 5,000 to 100,000 steps (room to spare)
 HEADROOM = 0.9  # share of the available memory a run may plan to use
 
 
@@ -47,7 +51,8 @@ def available_bytes() -> int | None:
 
 def estimate_bytes(n_steps: int) -> float:
     """Peak memory of attributing one log of `n_steps` steps."""
-    return (BASE_MIB + MIB_PER_STEP * n_steps) * 2**20
+    return (BASE_MIB + min(BATCH_MIB_PER_STEP * n_steps, BATCH_MIB)
+            + MIB_PER_STEP * n_steps) * 2**20
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,12 @@ def step_limit(override: int | None = None) -> StepLimit:
     avail = available_bytes()
     if avail is None:
         return StepLimit(None, "memory unknown")
-    steps = int((avail * HEADROOM / 2**20 - BASE_MIB) / MIB_PER_STEP)
+    room = avail * HEADROOM / 2**20 - BASE_MIB
+    full_batch = BATCH_MIB / BATCH_MIB_PER_STEP  # steps from which the batch stops growing
+    if room < full_batch * (BATCH_MIB_PER_STEP + MIB_PER_STEP):
+        steps = int(room / (BATCH_MIB_PER_STEP + MIB_PER_STEP))
+    else:
+        steps = int((room - BATCH_MIB) / MIB_PER_STEP)
     return StepLimit(max(steps, 0), f"{avail / 2**30:.1f} GB available")
 
 
@@ -90,5 +100,6 @@ def refusal(trace, limit: StepLimit) -> str | None:
 def add_max_steps_arg(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help=f"refuse logs of more than N steps (default: what this machine's "
-                   f"available memory holds, estimated at {BASE_MIB:.0f} MiB plus "
-                   f"{MIB_PER_STEP * 1000:.0f} MiB per 1000 steps; also ${ENV}; 0: no limit)")
+                   f"available memory holds, estimated at {BASE_MIB + BATCH_MIB:.0f} MiB plus "
+                   f"{MIB_PER_STEP * 1000:.0f} MiB per 1000 steps for a long log; also ${ENV}; "
+                   f"0: no limit)")

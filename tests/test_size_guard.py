@@ -24,7 +24,13 @@ def test_the_estimate_grows_with_steps_and_the_limit_follows_memory(monkeypatch)
     monkeypatch.setattr(size_guard, "available_bytes", lambda: 2**30)
     limit = size_guard.step_limit()
     assert limit.steps is not None and 0 < limit.steps < 100_000 and "GB available" in limit.why
-    assert size_guard.estimate_bytes(limit.steps) <= 2**30
+    assert size_guard.estimate_bytes(limit.steps) <= 2**30 * size_guard.HEADROOM < \
+        size_guard.estimate_bytes(limit.steps + 100)
+    monkeypatch.setattr(size_guard, "available_bytes", lambda: 8 * 2**30)
+    big = size_guard.step_limit()  # past the point where the batch stops growing
+    assert size_guard.estimate_bytes(big.steps) <= 8 * 2**30 * size_guard.HEADROOM < \
+        size_guard.estimate_bytes(big.steps + 100)
+    monkeypatch.setattr(size_guard, "available_bytes", lambda: 2**30)
     trace = load_valid_traces([LONG])[0]
     assert size_guard.refusal(trace, limit) is None  # 29 steps fit in 1 GiB
     monkeypatch.setattr(size_guard, "available_bytes", lambda: 300 * 2**20)
