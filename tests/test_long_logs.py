@@ -123,3 +123,17 @@ def test_batches_hold_at_most_their_pieces_and_nodes():
         for b in out:
             nodes = sum(len(p.feat.graph.node_type) for p in b)
             assert len(b) <= per_batch and (nodes <= max_nodes or len(b) == 1)
+
+
+def test_a_long_log_among_short_ones_changes_none_of_their_scores():
+    """Pieces of a cut log share batches with whole short logs: each trace scores as alone."""
+    cfg, members, _ = load_model(DEFAULT_MODEL)
+    traces = load_valid_traces([HAND / "2.json", HAND / "1.json", HAND / "3.json"])
+    feats = featurise(traces, make_embedder(cfg.embedder), drop=cfg.dropped)
+    stacked = stack_members(members)
+    window = len(traces[1].steps) // 3  # cuts every log, the second into three
+    together = trace_probabilities(stacked, cfg, traces, feats, window=window)
+    for t, f, mixed in zip(traces, feats, together):
+        alone = trace_probabilities(stacked, cfg, [t], [f], window=window)[0]
+        for key in ("step_p", "agent_p", "uncertainty", "fail_p"):
+            np.testing.assert_allclose(mixed[key], alone[key], atol=1e-5, err_msg=key)
