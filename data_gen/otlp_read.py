@@ -30,7 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from data_gen.files import COMPACT_CHARS, RawRecord, compacted
+from data_gen.files import COMPACT_CHARS, RawRecord, compacted, gc_paused
 from data_gen.otlp_attributes import (first_user_message, json_value, output_text, own_agent,
                                       span_role, str_attr, tool_call)
 from data_gen.otlp_spans import BadSpan, Span, spans_of
@@ -281,29 +281,40 @@ def read_otlp(raws: Iterable[RawRecord], max_chars: int = MAX_CONTENT_CHARS
     TraceErrors; a bad span refuses its whole trace, never a neighbour."""
     groups: dict[str, list[Span]] = {}
     refused: dict[str, TraceError] = {}
-    for raw in raws:
-        for item in spans_of(raw):
-            if isinstance(item, Span):
-                groups.setdefault(item.trace_id, []).append(item)
-            elif isinstance(item, BadSpan) and item.trace_id is not None:
-                refused.setdefault(item.trace_id, item.error)
-            else:
-                yield item.error if isinstance(item, BadSpan) else item
+    errors: list[TraceError] = []
+    with gc_paused():  # a span and a step are many small containers (files.gc_paused)
+        for raw in raws:
+            for item in spans_of(raw):
+                if isinstance(item, Span):
+                    groups.setdefault(item.trace_id, []).append(item)
+                elif isinstance(item, BadSpan) and item.trace_id is not None:
+                    refused.setdefault(item.trace_id, item.error)
+                else:
+                    errors.append(item.error if isinstance(item, BadSpan) else item)
+    yield from errors
     for tid, spans in groups.items():
         if tid in refused:
             continue
         try:
-            trace, warnings = trace_from_spans(tid, spans, max_chars)
+            with gc_paused():
+                trace, warnings = _trace_of(tid, spans, max_chars)
         except TraceError as e:
             yield e
             continue
-        first = spans[0]
-        src = dict(trace.source, path=first.source)
-        if first.record is not None:
-            src["record"] = first.record
-        trace = dataclasses.replace(trace, source=src)
-        if sum(len(st.content) for st in trace.steps) > COMPACT_CHARS:
-            trace = compacted(trace)
         yield trace, warnings
     for tid, e in refused.items():
         yield TraceError(f"trace {tid} not read: {e.message}", e.source, e.record, e.field)
+
+
+def _trace_of(tid: str, spans: list[Span], max_chars: int) -> tuple[Trace, list[str]]:
+    """The trace of one trace id's spans, its source the file of its first span; a large one
+    copied out of the decoded file (files.compacted)."""
+    trace, warnings = trace_from_spans(tid, spans, max_chars)
+    first = spans[0]
+    src = dict(trace.source, path=first.source)
+    if first.record is not None:
+        src["record"] = first.record
+    trace = dataclasses.replace(trace, source=src)
+    if sum(len(st.content) for st in trace.steps) > COMPACT_CHARS:
+        trace = compacted(trace)
+    return trace, warnings
