@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from astra_jax.batching import Batch, labels_of, pack_batch
 from astra_jax.compilation import PROGRAM_SOURCES, StoredJit, shared_programs, source_digest
@@ -77,7 +78,10 @@ def trace_probabilities(stacked, cfg: TrainConfig, traces: list[Trace], feats: l
     hops = receptive_hops(cfg.model) if hops is None else hops
     pieces = [p for i, f in enumerate(feats) for p in split(i, f, hops, window)]
     parts: dict[int, list[list[PieceOutput]]] = {}
-    for chunk in batches(pieces, cfg.batch_size):
+    planned = batches(pieces, cfg.batch_size)
+    # a bar on a terminal, for a long log or many (tqdm's disable=None: none elsewhere)
+    for chunk in tqdm(planned, desc="predicting", unit="batch",
+                      disable=None if len(planned) > 1 else True):
         b = pack_batch([p.feat for p in chunk],
                        [piece_labels(p, labels_of(traces[p.trace])) for p in chunk],
                        cfg.batch_size)
