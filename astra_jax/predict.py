@@ -44,25 +44,22 @@ def ensemble_step(model_cfg: ModelConfig) -> StoredJit:
                            f"{source_digest('astra_jax.predict', *PROGRAM_SOURCES)}")
 
 
-def member_outputs(raw: dict[str, np.ndarray], b: Batch, pieces: list[Piece]
-                   ) -> list[list[PieceOutput]]:
-    """`raw` outputs of a batch [members, ...] cut into [member][piece]."""
+def piece_outputs(raw: dict[str, np.ndarray], b: Batch, pieces: list[Piece]
+                  ) -> list[list[PieceOutput]]:
+    """`raw` outputs of a batch [members, ...] cut into [piece][member]."""
     out: list[list[PieceOutput]] = []
-    for m in range(raw["step_logit"].shape[0]):
-        node_offset = agent_offset = 0
-        row = []
-        for gi, p in enumerate(pieces):
-            g = p.feat.graph
-            nodes = node_offset + g.step_node
-            agents = slice(agent_offset, agent_offset + len(g.agents))
-            row.append(PieceOutput(
-                step_logit=raw["step_logit"][m, nodes], step_mask=b.step_mask[nodes],
-                step_agent=g.step_agent, agent_pool=raw["agent_pool"][m, agents],
-                agent_mask=b.agent_mask[agents], evidence=raw["evidence"][m, nodes],
-                fail_logit=float(raw["fail_logit"][m, gi])))
-            node_offset += len(g.node_type)
-            agent_offset += len(g.agents)
-        out.append(row)
+    node_offset = agent_offset = 0
+    for gi, p in enumerate(pieces):
+        g = p.feat.graph
+        nodes = node_offset + g.step_node
+        agents = slice(agent_offset, agent_offset + len(g.agents))
+        out.append([PieceOutput(
+            step_logit=raw["step_logit"][m, nodes], step_mask=b.step_mask[nodes],
+            step_agent=g.step_agent, agent_pool=raw["agent_pool"][m, agents],
+            agent_mask=b.agent_mask[agents], evidence=raw["evidence"][m, nodes],
+            fail_logit=float(raw["fail_logit"][m, gi])) for m in range(len(raw["fail_logit"]))])
+        node_offset += len(g.node_type)
+        agent_offset += len(g.agents)
     return out
 
 
@@ -77,7 +74,7 @@ def trace_probabilities(stacked, cfg: TrainConfig, traces: list[Trace], feats: l
     step = ensemble_step(cfg.model)
     hops = receptive_hops(cfg.model) if hops is None else hops
     pieces = [p for i, f in enumerate(feats) for p in split(i, f, hops, window)]
-    parts: dict[int, list[list[PieceOutput]]] = {}
+    parts: list[list[list[PieceOutput]]] = [[] for _ in traces]  # [trace][piece][member]
     planned = batches(pieces, cfg.batch_size)
     # a bar on a terminal, for a long log or many (tqdm's disable=None: none elsewhere)
     for chunk in tqdm(planned, desc="predicting", unit="batch",
@@ -86,15 +83,11 @@ def trace_probabilities(stacked, cfg: TrainConfig, traces: list[Trace], feats: l
                        [piece_labels(p, labels_of(traces[p.trace])) for p in chunk],
                        cfg.batch_size)
         raw = jax.tree_util.tree_map(np.asarray, step(stacked, b))
-        for m, row in enumerate(member_outputs(raw, b, chunk)):
-            for p, o in zip(chunk, row):
-                members = parts.setdefault(p.trace, [])
-                if len(members) <= m:
-                    members.append([])
-                members[m].append(o)
+        for p, members in zip(chunk, piece_outputs(raw, b, chunk)):
+            parts[p.trace].append(members)
     out = []
-    for i in range(len(traces)):
-        each = [combine(pieces_of_member) for pieces_of_member in parts[i]]
+    for trace_parts in parts:
+        each = [combine(list(per_member)) for per_member in zip(*trace_parts)]
         out.append({k: np.mean([e[k] for e in each], axis=0) for k in each[0]})
     return out
 

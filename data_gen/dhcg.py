@@ -49,7 +49,7 @@ _URL = re.compile(r"https?://[^\s)\]\"'>]+")
 _EXTENSIONS = r"\.(?:csv|xlsx|json|txt|pdf|py|md|html|png|jpg|mp3|docx)\b"
 _FILE = re.compile(r"\b[\w./-]+" + _EXTENSIONS)
 _EXTENSION = re.compile(_EXTENSIONS)  # in every file name: a text without one has none
-_NUM = re.compile(r"(?=\d)(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")  # (?=: see evidence.py
+_NUM = re.compile(r"(?=\d)(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")  # lookahead: evidence.py
 _CODE = re.compile(r"```")
 _ERR = re.compile(r"Traceback|Error\b|Exception|exitcode: [1-9]|execution failed|failed\)")
 _EXIT = re.compile(r"exitcode: (\d+)")
